@@ -1,0 +1,51 @@
+"""jaxsparse: exact, jittable sparse training (SET, RigL, Top-KAST, ...) as optax transformations.
+
+Example:
+  >>> import jax, optax, jaxsparse as jsp
+  >>> algo = jsp.rigl(sparsity=0.9, end_step=1000)
+  >>> tx = jsp.sparsify(optax.adam(1e-3), algo, key=jax.random.key(0))
+"""
+
+from importlib.metadata import PackageNotFoundError, version
+
+from jaxsparse import algorithms, distributions, inspection, masks, schedules, scores, selection, transform
+from jaxsparse.algorithms import SparseAlgorithm, gradual_magnitude, rigl, set_, static, top_kast
+from jaxsparse.inspection import layer_stats, summary, total_sparsity
+from jaxsparse.masks import MaskPair, SparsityLayout, apply_masks
+from jaxsparse.selection import global_top_k_masks, top_k_mask
+from jaxsparse.transform import SparsifyState, forward_params, masks_of, sparsify
+
+try:
+    __version__ = version("jaxsparse")
+except PackageNotFoundError:  # running from a source tree that was never installed
+    __version__ = "0.0.0"
+
+__all__ = [
+    "MaskPair",
+    "SparseAlgorithm",
+    "SparsifyState",
+    "SparsityLayout",
+    "__version__",
+    "algorithms",
+    "apply_masks",
+    "distributions",
+    "forward_params",
+    "global_top_k_masks",
+    "gradual_magnitude",
+    "inspection",
+    "layer_stats",
+    "masks",
+    "masks_of",
+    "rigl",
+    "schedules",
+    "scores",
+    "selection",
+    "set_",
+    "sparsify",
+    "static",
+    "summary",
+    "top_k_mask",
+    "top_kast",
+    "total_sparsity",
+    "transform",
+]

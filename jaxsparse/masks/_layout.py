@@ -1,0 +1,171 @@
+"""Which parameters are sparsified, and how many zeros each one gets.
+
+A :class:`SparsityLayout` is static structure: it is resolved from parameter *shapes* once, in
+Python, when masks are created or an update is traced. It never depends on values, so it is free
+under ``jit`` and identical on every device and host.
+
+Leaves are named by their key path joined with ``/`` (``"params/Dense_0/kernel"``). The default
+filter sparsifies every leaf of rank >= 2 (kernels), so biases and normalisation scales stay dense,
+as in the RigL reference. Patterns are regular expressions matched with :func:`re.search`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+from collections.abc import Callable, Mapping
+
+import jax
+import jax.numpy as jnp
+
+from jaxsparse.distributions import DISTRIBUTIONS, layer_sparsities, validate_sparsity, zeros_count
+
+__all__ = ["LeafFilter", "LayerPlan", "SparsityLayout", "default_filter", "leaf_name"]
+
+LeafFilter = Callable[[str, jax.Array], bool]
+"""Decides from a leaf's name and value (shape, dtype) whether it is sparsified."""
+
+
+def default_filter(name: str, leaf: jax.Array) -> bool:
+    """Sparsify kernels: every leaf of rank >= 2. Biases and norm scales (rank 1) stay dense."""
+    del name
+    return jnp.ndim(leaf) >= 2
+
+
+def leaf_name(path: tuple) -> str:
+    """The ``/``-joined name of a key path, e.g. ``"params/Dense_0/kernel"``."""
+    return jax.tree_util.keystr(path, simple=True, separator="/")
+
+
+def _natural_key(name: str) -> list:
+    """Sort key treating digit runs as numbers, so ``layer_10`` comes after ``layer_9``."""
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]
+
+
+@dataclasses.dataclass(frozen=True)
+class LayerPlan:
+    """The static plan of one sparsified leaf: its name, shape and exact zero count."""
+
+    name: str
+    shape: tuple[int, ...]
+    sparsity: float
+
+    @property
+    def size(self) -> int:
+        return math.prod(self.shape)
+
+    @property
+    def zeros(self) -> int:
+        """``floor(S_l * N_l)``."""
+        return zeros_count(self.sparsity, self.size)
+
+    @property
+    def active(self) -> int:
+        """``N_l - floor(S_l * N_l)``: the number of ``True`` entries in the layer's mask."""
+        return self.size - self.zeros
+
+
+@dataclasses.dataclass(frozen=True)
+class SparsityLayout:
+    """How a global sparsity is laid out over a parameter tree.
+
+    Attributes:
+      sparsity: global target sparsity ``S`` in ``[0, 1)`` over the sparsified leaves.
+      distribution: ``"uniform"``, ``"er"`` or ``"erk"`` (see :mod:`jaxsparse.distributions`).
+      erk_power_scale: exponent of the ERK raw score.
+      layer_sparsity: per-layer overrides ``{pattern: sparsity}``; matching layers sit outside the
+        distribution's budget (as in the RigL reference), so the global sparsity is then not
+        exactly ``S``. The first matching pattern wins.
+      include: filter deciding which leaves are sparsified (default: rank >= 2).
+      keep_dense: patterns of leaves never sparsified (e.g. ``("embed",)``).
+      dense_first_layer: keep the first sparsifiable leaf dense.
+      dense_last_layer: keep the last sparsifiable leaf dense.
+
+    "First" and "last" follow the natural order of the leaf names (``Dense_2`` before
+    ``Dense_10``); name layers explicitly with ``keep_dense`` when that order is not the network's.
+    """
+
+    sparsity: float
+    distribution: str = "erk"
+    erk_power_scale: float = 1.0
+    layer_sparsity: tuple[tuple[str, float], ...] = ()
+    include: LeafFilter = default_filter
+    keep_dense: tuple[str, ...] = ()
+    dense_first_layer: bool = False
+    dense_last_layer: bool = False
+
+    def __post_init__(self):
+        validate_sparsity(self.sparsity)
+        if self.distribution not in DISTRIBUTIONS:
+            raise ValueError(
+                f"unknown distribution {self.distribution!r}; choose one of {', '.join(map(repr, DISTRIBUTIONS))}."
+            )
+        if not self.erk_power_scale >= 0:
+            raise ValueError(f"erk_power_scale must be >= 0, got {self.erk_power_scale}.")
+        overrides = self.layer_sparsity
+        if isinstance(overrides, Mapping):
+            overrides = tuple(overrides.items())
+            object.__setattr__(self, "layer_sparsity", overrides)
+        for pattern, value in overrides:
+            re.compile(pattern)
+            validate_sparsity(value, f"layer_sparsity[{pattern!r}]")
+        if isinstance(self.keep_dense, str):
+            object.__setattr__(self, "keep_dense", (self.keep_dense,))
+        for pattern in self.keep_dense:
+            re.compile(pattern)
+        if not callable(self.include):
+            raise TypeError(f"include must be a callable (name, leaf) -> bool, got {self.include!r}.")
+
+    def plan(self, params) -> list[LayerPlan | None]:
+        """One entry per leaf of ``params`` (flattening order): its plan, or ``None`` if dense.
+
+        Raises:
+          ValueError: if ``params`` is ``None`` or no leaf is sparsified.
+          TypeError: if a sparsified leaf is not floating point.
+        """
+        if params is None:
+            raise ValueError("params is None: pass the parameter pytree whose kernels should be sparsified.")
+        leaves = jax.tree_util.tree_leaves_with_path(params)
+        names = [leaf_name(path) for path, _ in leaves]
+        chosen = [
+            i
+            for i, ((_, leaf), name) in enumerate(zip(leaves, names))
+            if self.include(name, leaf) and not any(re.search(p, name) for p in self.keep_dense)
+        ]
+        ordered = sorted(chosen, key=lambda i: _natural_key(names[i]))
+        if self.dense_first_layer and ordered:
+            ordered = ordered[1:]
+        if self.dense_last_layer and ordered:
+            ordered = ordered[:-1]
+        if not ordered:
+            raise ValueError(
+                f"no parameter is sparsified among {len(leaves)} leaves ({', '.join(names[:6])}"
+                f"{', ...' if len(names) > 6 else ''}): the filter keeps leaves of rank >= 2 by "
+                "default; pass include=, or relax keep_dense / dense_first_layer / dense_last_layer."
+            )
+        for i in ordered:
+            dtype = jnp.result_type(leaves[i][1])
+            if not jnp.issubdtype(dtype, jnp.floating):
+                raise TypeError(
+                    f"parameter {names[i]!r} has dtype {dtype}, but only floating-point parameters "
+                    "can be sparsified; exclude it with keep_dense=(...) or include=."
+                )
+
+        overridden = {}
+        for i in ordered:
+            for pattern, value in self.layer_sparsity:
+                if re.search(pattern, names[i]):
+                    overridden[i] = value
+                    break
+        budgeted = [i for i in ordered if i not in overridden]
+        shapes = [tuple(jnp.shape(leaves[i][1])) for i in budgeted]
+        sparsities = dict(
+            zip(budgeted, layer_sparsities(shapes, self.sparsity, self.distribution, self.erk_power_scale))
+        )
+        sparsities.update(overridden)
+        in_plan = set(ordered)
+        return [
+            LayerPlan(names[i], tuple(jnp.shape(leaf)), sparsities[i]) if i in in_plan else None
+            for i, (_, leaf) in enumerate(leaves)
+        ]

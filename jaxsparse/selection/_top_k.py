@@ -1,0 +1,169 @@
+"""Exact top-k selection by bisection over integer order keys.
+
+The ``k``-th largest key ``t`` is found bit by bit, most significant first: starting from
+``t = 0``, bit ``b`` is set whenever at least ``k`` keys are ``>= t | 2^b``. That takes 32
+counting passes (each a fused compare-and-sum, and across devices a scalar all-reduce) instead of
+a sort or ``lax.top_k``; it is exact because keys are compared as integers.
+
+Every key ``> t`` is selected. Keys ``== t`` (ties) are chosen by a second bisection over a
+per-position priority, a keyed bijective hash of the flat position, so that the choice is
+deterministic for a given ``tie_seed``, unbiased across positions, and collision-free: exactly
+``k`` entries are selected, never more or fewer (when at least ``k`` candidates exist).
+
+The same machinery serves a single tensor (per-layer selection) and a list of tensors sharing one
+budget (global selection across layers).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from jaxsparse.selection._order_keys import order_keys
+
+__all__ = ["top_k_mask", "global_top_k_masks"]
+
+_KEY_BITS = 32
+
+
+def _mix32(x: jax.Array) -> jax.Array:
+    """A bijection of ``uint32`` (the MurmurHash3 finaliser), used to order tied positions."""
+    x = x ^ (x >> 16)
+    x = x * jnp.uint32(0x85EBCA6B)
+    x = x ^ (x >> 13)
+    x = x * jnp.uint32(0xC2B2AE35)
+    return x ^ (x >> 16)
+
+
+def _kth_largest(keys: Sequence[jax.Array], k: jax.Array) -> jax.Array:
+    """The largest ``t`` with ``#{keys >= t} >= k``, keys pooled over all arrays.
+
+    Positions that must not count carry key ``0``; every probed threshold is ``>= 1``, so they
+    never do. The result is ``0`` when fewer than ``k`` keys are positive.
+    """
+
+    def count_at_least(threshold):
+        return sum(jnp.sum(key >= threshold, dtype=jnp.int32) for key in keys)
+
+    def set_bit_if_enough(i, threshold):
+        probe = threshold | (jnp.uint32(1) << (jnp.uint32(_KEY_BITS - 1) - i.astype(jnp.uint32)))
+        return jnp.where(count_at_least(probe) >= k, probe, threshold)
+
+    return lax.fori_loop(0, _KEY_BITS, set_bit_if_enough, jnp.uint32(0))
+
+
+def _select(
+    keys: Sequence[jax.Array],
+    candidates: Sequence[jax.Array | None],
+    k: jax.Array,
+    tie_seed: jax.Array,
+) -> list[jax.Array]:
+    """Exactly ``min(k, #candidates)`` positions with the largest keys, pooled over arrays."""
+    k = jnp.asarray(k, jnp.int32)
+    # Key 0 means "not a candidate" to the bisection; a candidate whose real key is 0 (a NaN
+    # score) is still reachable through the tie stage below, which consults the candidate mask.
+    counted = [key if valid is None else jnp.where(valid, key, jnp.uint32(0)) for key, valid in zip(keys, candidates)]
+    threshold = _kth_largest(counted, k)
+    above = [key > threshold for key in counted]
+    ties = [(key == threshold) if valid is None else (key == threshold) & valid for key, valid in zip(keys, candidates)]
+    needed = k - sum(jnp.sum(a, dtype=jnp.int32) for a in above)
+    n_ties = sum(jnp.sum(t, dtype=jnp.int32) for t in ties)
+
+    def take_every_tie():
+        return ties
+
+    def take_some_ties():
+        offsets = [0]
+        for key in keys[:-1]:
+            offsets.append(offsets[-1] + key.size)
+        seed = jnp.asarray(tie_seed).astype(jnp.uint32)
+        priorities = [
+            _mix32((lax.iota(jnp.uint32, key.size).reshape(key.shape) + jnp.uint32(offset)) ^ seed)
+            for key, offset in zip(keys, offsets)
+        ]
+        # Priorities are distinct, so the needed-th largest among ties splits them exactly. Tied
+        # positions need priority >= 1 to be counted by the bisection; the one position whose
+        # priority is 0 is counted through the final `needed` guard instead.
+        tie_priorities = [jnp.where(t, p, jnp.uint32(0)) for t, p in zip(ties, priorities)]
+        cut = _kth_largest(tie_priorities, needed)
+        return [t & (p >= cut) & (needed > 0) for t, p in zip(ties, priorities)]
+
+    chosen_ties = lax.cond(n_ties <= needed, take_every_tie, take_some_ties)
+    return [a | t for a, t in zip(above, chosen_ties)]
+
+
+def top_k_mask(
+    scores: jax.Array,
+    k: jax.typing.ArrayLike,
+    *,
+    candidates: jax.Array | None = None,
+    tie_seed: jax.typing.ArrayLike = 0,
+) -> jax.Array:
+    """Boolean mask of the ``k`` largest scores, exactly ``k`` of them.
+
+    .. math::
+
+        \\operatorname{top\\_k}(s, k) = \\{ i : \\operatorname{rank}(s_i) < k \\}
+
+    where ranks are taken over candidate positions in descending score order, NaN lowest, and ties
+    ordered by a hash of the position keyed by ``tie_seed``.
+
+    Args:
+      scores: a floating array (any shape) or ``uint32`` keys (e.g. random bits).
+      k: how many to select; a Python int or a traced integer scalar.
+      candidates: optional boolean array of the same shape; only these positions may be chosen.
+      tie_seed: integer seed that orders tied scores; same seed, same choice.
+
+    Returns:
+      A ``bool`` array shaped like ``scores`` with exactly ``min(k, #candidates)`` ``True``.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> top_k_mask(jnp.array([0.1, 0.9, 0.5, 0.9]), 2).tolist()
+      [False, True, False, True]
+    """
+    scores = jnp.asarray(scores)
+    if candidates is not None and candidates.shape != scores.shape:
+        raise ValueError(
+            f"candidates has shape {candidates.shape} but scores has shape {scores.shape}; "
+            "pass a boolean mask shaped like the scores."
+        )
+    return _select([order_keys(scores)], [candidates], k, tie_seed)[0]
+
+
+def global_top_k_masks(
+    scores: Sequence[jax.Array],
+    k: jax.typing.ArrayLike,
+    *,
+    candidates: Sequence[jax.Array | None] | None = None,
+    tie_seed: jax.typing.ArrayLike = 0,
+) -> list[jax.Array]:
+    """The ``k`` largest scores pooled across several arrays (global, cross-layer selection).
+
+    The threshold is shared: one bisection whose counts sum over every array, so no array is
+    concatenated or copied. Exactly ``min(k, #candidates)`` positions are selected in total.
+
+    Args:
+      scores: arrays of any shapes (e.g. one per layer).
+      k: the total number to select.
+      candidates: optional per-array boolean masks (``None`` entries mean "all").
+      tie_seed: integer seed ordering tied scores.
+
+    Returns:
+      A list of ``bool`` arrays, one per input array.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> a, b = global_top_k_masks([jnp.array([3.0, 1.0]), jnp.array([2.0, 0.0, 4.0])], 3)
+      >>> a.tolist(), b.tolist()
+      ([True, False], [True, False, True])
+    """
+    scores = [jnp.asarray(s) for s in scores]
+    if candidates is None:
+        candidates = [None] * len(scores)
+    if len(candidates) != len(scores):
+        raise ValueError(f"got {len(candidates)} candidate masks for {len(scores)} score arrays.")
+    return _select([order_keys(s) for s in scores], list(candidates), k, tie_seed)
