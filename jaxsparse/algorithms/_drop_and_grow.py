@@ -97,7 +97,7 @@ def _grad_leaves(params: Params, grads: Params | None) -> list[jax.Array | None]
             f"parameter pytree (got structure {jax.tree.structure(grads)}, expected "
             f"{jax.tree.structure(params)})."
         )
-    for (path, p), g in zip(jax.tree_util.tree_leaves_with_path(params), jax.tree.leaves(grads)):
+    for (path, p), g in zip(jax.tree_util.tree_leaves_with_path(params), jax.tree.leaves(grads), strict=True):
         if jnp.shape(g) != jnp.shape(p):
             raise ValueError(f"gradient of {leaf_name(path)!r} has shape {jnp.shape(g)}, expected {jnp.shape(p)}.")
     return jax.tree.leaves(grads)

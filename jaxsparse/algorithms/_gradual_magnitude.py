@@ -72,13 +72,13 @@ class GradualMagnitude(SparseAlgorithm):
         else:
             ratio = sparsity / max(self.layout.sparsity, 1e-12)
             kept = []
-            for i, score, candidate, seed in zip(indices, scores, candidates, seeds):
+            for i, score, candidate, seed in zip(indices, scores, candidates, seeds, strict=True):
                 plan = plans[i]
                 ramp = plan.size - jnp.floor(ratio * plan.sparsity * plan.size).astype(jnp.int32)
                 count = jnp.where(at_end, plan.active, jnp.clip(ramp, plan.active, plan.size))
                 kept.append(top_k_mask(score, count, candidates=candidate, tie_seed=seed))
         new_leaves = [None] * len(plans)
-        for i, mask in zip(indices, kept):
+        for i, mask in zip(indices, kept, strict=True):
             new_leaves[i] = mask
         return masks_from_leaves(params, new_leaves)
 

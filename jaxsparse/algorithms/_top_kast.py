@@ -71,7 +71,9 @@ class TopKast(SparseAlgorithm):
         forward_plans = self.layout.plan(params)
         backward_plans = self.backward_layout.plan(params)
         forward, backward = [], []
-        for index, (param, a_plan, b_plan) in enumerate(zip(jax.tree.leaves(params), forward_plans, backward_plans)):
+        for index, (param, a_plan, b_plan) in enumerate(
+            zip(jax.tree.leaves(params), forward_plans, backward_plans, strict=True)
+        ):
             if a_plan is None:
                 forward.append(None)
                 backward.append(None)
@@ -106,6 +108,7 @@ class TopKast(SparseAlgorithm):
             plans,
             jax.tree.leaves(masks.forward, is_leaf=lambda x: x is None),
             jax.tree.leaves(masks.backward, is_leaf=lambda x: x is None),
+            strict=True,
         ):
             if plan is None:
                 leaves.append(jnp.zeros_like(param))

@@ -53,7 +53,7 @@ def layer_stats(params: Params, state_or_masks: SparsifyState | Masks | MaskPair
     check_masks(params, masks)
     stats = []
     for (path, param), mask in zip(
-        jax.tree_util.tree_leaves_with_path(params), jax.tree.leaves(masks, is_leaf=lambda x: x is None)
+        jax.tree_util.tree_leaves_with_path(params), jax.tree.leaves(masks, is_leaf=lambda x: x is None), strict=True
     ):
         values = np.asarray(param)
         stats.append(
@@ -112,6 +112,6 @@ def summary(params: Params, state_or_masks: SparsifyState | Masks | MaskPair) ->
     lines = []
     for row in rows:
         cells = [row[0].ljust(widths[0]), row[1].ljust(widths[1])]
-        cells += [cell.rjust(width) for cell, width in zip(row[2:], widths[2:])]
+        cells += [cell.rjust(width) for cell, width in zip(row[2:], widths[2:], strict=True)]
         lines.append("  ".join(cells).rstrip())
     return "\n".join(lines)

@@ -130,7 +130,7 @@ class SparsityLayout:
         names = [leaf_name(path) for path, _ in leaves]
         chosen = [
             i
-            for i, ((_, leaf), name) in enumerate(zip(leaves, names))
+            for i, ((_, leaf), name) in enumerate(zip(leaves, names, strict=True))
             if self.include(name, leaf) and not any(re.search(p, name) for p in self.keep_dense)
         ]
         ordered = sorted(chosen, key=lambda i: _natural_key(names[i]))
@@ -161,7 +161,7 @@ class SparsityLayout:
         budgeted = [i for i in ordered if i not in overridden]
         shapes = [tuple(jnp.shape(leaves[i][1])) for i in budgeted]
         sparsities = dict(
-            zip(budgeted, layer_sparsities(shapes, self.sparsity, self.distribution, self.erk_power_scale))
+            zip(budgeted, layer_sparsities(shapes, self.sparsity, self.distribution, self.erk_power_scale), strict=True)
         )
         sparsities.update(overridden)
         in_plan = set(ordered)

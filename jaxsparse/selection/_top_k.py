@@ -65,10 +65,16 @@ def _select(
     k = jnp.asarray(k, jnp.int32)
     # Key 0 means "not a candidate" to the bisection; a candidate whose real key is 0 (a NaN
     # score) is still reachable through the tie stage below, which consults the candidate mask.
-    counted = [key if valid is None else jnp.where(valid, key, jnp.uint32(0)) for key, valid in zip(keys, candidates)]
+    counted = [
+        key if valid is None else jnp.where(valid, key, jnp.uint32(0))
+        for key, valid in zip(keys, candidates, strict=True)
+    ]
     threshold = _kth_largest(counted, k)
     above = [key > threshold for key in counted]
-    ties = [(key == threshold) if valid is None else (key == threshold) & valid for key, valid in zip(keys, candidates)]
+    ties = [
+        (key == threshold) if valid is None else (key == threshold) & valid
+        for key, valid in zip(keys, candidates, strict=True)
+    ]
     needed = k - sum(jnp.sum(a, dtype=jnp.int32) for a in above)
     n_ties = sum(jnp.sum(t, dtype=jnp.int32) for t in ties)
 
@@ -82,17 +88,17 @@ def _select(
         seed = jnp.asarray(tie_seed).astype(jnp.uint32)
         priorities = [
             _mix32((lax.iota(jnp.uint32, key.size).reshape(key.shape) + jnp.uint32(offset)) ^ seed)
-            for key, offset in zip(keys, offsets)
+            for key, offset in zip(keys, offsets, strict=True)
         ]
         # Priorities are distinct, so the needed-th largest among ties splits them exactly. Tied
         # positions need priority >= 1 to be counted by the bisection; the one position whose
         # priority is 0 is counted through the final `needed` guard instead.
-        tie_priorities = [jnp.where(t, p, jnp.uint32(0)) for t, p in zip(ties, priorities)]
+        tie_priorities = [jnp.where(t, p, jnp.uint32(0)) for t, p in zip(ties, priorities, strict=True)]
         cut = _kth_largest(tie_priorities, needed)
-        return [t & (p >= cut) & (needed > 0) for t, p in zip(ties, priorities)]
+        return [t & (p >= cut) & (needed > 0) for t, p in zip(ties, priorities, strict=True)]
 
     chosen_ties = lax.cond(n_ties <= needed, take_every_tie, take_some_ties)
-    return [a | t for a, t in zip(above, chosen_ties)]
+    return [a | t for a, t in zip(above, chosen_ties, strict=True)]
 
 
 def top_k_mask(

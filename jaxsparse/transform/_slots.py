@@ -42,6 +42,7 @@ def reset_slots(opt_state: optax.OptState, params: Params, positions: Masks) -> 
         for (path, param), where in zip(
             jax.tree_util.tree_leaves_with_path(params),
             jax.tree.leaves(positions, is_leaf=lambda x: x is None),
+            strict=True,
         )
         if where is not None
     }

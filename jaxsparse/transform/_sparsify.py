@@ -103,6 +103,7 @@ def _grow(updates: Params, params: Params, old: Masks, new: Masks, init, key: ja
             jax.tree.leaves(params),
             jax.tree.leaves(old, is_leaf=lambda x: x is None),
             jax.tree.leaves(new, is_leaf=lambda x: x is None),
+            strict=True,
         )
     ):
         if a is None:
