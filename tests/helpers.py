@@ -1,0 +1,32 @@
+"""Small models and data shared by the tests."""
+
+import jax
+import jax.numpy as jnp
+import optax
+
+
+def make_mlp(key: jax.Array, sizes: tuple[int, ...], dtype=jnp.float32) -> dict:
+    """A dict MLP ``{"layer_i": {"kernel", "bias"}}`` with LeCun-normal kernels."""
+    params = {}
+    for i, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)):
+        key, sub = jax.random.split(key)
+        params[f"layer_{i}"] = {
+            "kernel": (jax.random.normal(sub, (n_in, n_out)) / jnp.sqrt(n_in)).astype(dtype),
+            "bias": jnp.zeros((n_out,), dtype),
+        }
+    return params
+
+
+def mlp_loss(params: dict, batch: tuple[jax.Array, jax.Array]) -> jax.Array:
+    x, y = batch
+    n_layers = len(params)
+    for i in range(n_layers):
+        x = x @ params[f"layer_{i}"]["kernel"] + params[f"layer_{i}"]["bias"][None, :]
+        if i < n_layers - 1:
+            x = jax.nn.relu(x)
+    return optax.softmax_cross_entropy_with_integer_labels(x.astype(jnp.float32), y).mean()
+
+
+def make_batch(key: jax.Array, n: int, n_in: int, n_classes: int) -> tuple[jax.Array, jax.Array]:
+    kx, ky = jax.random.split(key)
+    return jax.random.normal(kx, (n, n_in)), jax.random.randint(ky, (n,), 0, n_classes)
