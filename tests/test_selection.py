@@ -122,3 +122,16 @@ def test_global_top_k_pools_arrays(sizes, k_fraction, seed):
     _check_is_top_k(
         np.concatenate(arrays), np.concatenate([np.asarray(c) for c in chosen]), k, np.ones(sum(sizes), bool)
     )
+
+
+@pytest.mark.parametrize("k", [0, 1, 123_457, 1_100_000])
+def test_large_inputs_use_wide_digits_and_stay_exact(k):
+    # Above 2**20 elements the radix select switches to 16-bit digits: check it on heavy ties.
+    rng = np.random.default_rng(k)
+    scores = rng.integers(-50, 50, 1_100_000).astype(np.float32) / 7
+    scores[rng.integers(0, scores.size, 1000)] = np.nan
+    candidates = rng.random(scores.size) < 0.9
+    chosen = np.asarray(jit_top_k(jnp.asarray(scores), k, jnp.asarray(candidates), jnp.uint32(k)))
+    _check_is_top_k(scores, chosen, k, candidates)
+    pooled = global_top_k_masks([jnp.asarray(scores[:600_000]), jnp.asarray(scores[600_000:])], k, tie_seed=1)
+    _check_is_top_k(scores, np.concatenate([np.asarray(p) for p in pooled]), k, np.ones(scores.size, bool))

@@ -191,7 +191,7 @@ def rigl(
 
     Example:
       >>> algo = rigl(0.9, distribution="erk", update_every=100, end_step=7_500, drop_fraction=0.3)
-      >>> float(algo.drop_fraction(0)), float(algo.drop_fraction(7_500))
+      >>> round(float(algo.drop_fraction(0)), 6), float(algo.drop_fraction(7_500))
       (0.3, 0.0)
 
     References:

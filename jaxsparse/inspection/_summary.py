@@ -82,10 +82,10 @@ def summary(params: Params, state_or_masks: SparsifyState | Masks | MaskPair) ->
     Example:
       >>> import jax.numpy as jnp
       >>> print(summary({"w": jnp.array([[1.0, 0.0]])}, {"w": jnp.array([[True, False]])}))
-      layer  shape   size  active  nonzero  sparsity
-      w      (1, 2)     2       1        1    50.00%
-      sparsified        2       1        1    50.00%
-      all               2       1        1    50.00%
+      layer       shape   size  active  nonzero  sparsity
+      w           (1, 2)     2       1        1    50.00%
+      sparsified             2       1        1    50.00%
+      all                    2       1        1    50.00%
     """
     stats = layer_stats(params, state_or_masks)
 
