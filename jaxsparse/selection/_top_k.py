@@ -3,7 +3,7 @@
 The ``k``-th largest key ``t`` is found digit by digit, most significant first: a histogram of the
 high 16 bits of every key locates the bucket that holds the ``k``-th largest, and a histogram of
 the low 16 bits of the keys in that bucket locates the key (8-bit digits, four passes, for inputs
-under a million elements, where a 65,536-counter histogram would dominate). That is a few passes
+under 65,536 elements, where a 65,536-counter histogram would dominate). That is a few passes
 over the data (across devices, a sum of the histograms) instead of a sort or ``lax.top_k``, and it
 is exact because keys are compared as integers. It replaced a 32-pass
 bisection over key bits, which gave identical thresholds 2-3x slower on CPU
@@ -30,7 +30,7 @@ from jaxsparse.selection._order_keys import order_keys
 
 __all__ = ["top_k_mask", "global_top_k_masks"]
 
-_LARGE = 1 << 20
+_LARGE = 1 << 16
 
 
 def _mix32(x: jax.Array) -> jax.Array:
@@ -43,7 +43,7 @@ def _mix32(x: jax.Array) -> jax.Array:
 
 
 def _digit_bits(total_size: int) -> int:
-    """Radix digit width: 16-bit digits (2 passes) for large inputs, 8-bit (4 passes) for small.
+    """Radix digit width: 16-bit digits (2 passes) from 65,536 elements up, 8-bit (4 passes) below.
 
     A pass costs a histogram of ``2**bits`` counters, so small tensors favour small histograms.
     """

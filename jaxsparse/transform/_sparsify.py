@@ -15,8 +15,9 @@ whatever the optimizer did (weight decay included). On a mask-update step it als
 * moves grown weights to ``grow_init`` values, and
 * skips the optimizer step if ``skip_optimizer_on_update`` (the RigL reference's behaviour).
 
-Normal and mask-update steps are the two branches of one ``lax.cond``: one compiled function,
-no retracing, and the expensive selection runs only when the branch is taken.
+Normal and mask-update steps are one compiled function with no retracing: only the mask selection
+sits under a ``lax.cond`` (so it runs only on update steps), while the slot reset, growth and
+projection are element-wise selects that are no-ops on normal steps and fuse with the optimizer.
 """
 
 from __future__ import annotations
@@ -80,21 +81,25 @@ def _restrict(grads: Params, masks: Masks) -> Params:
 
 
 def _project(updates: Params, params: Params, masks: Masks | MaskPair) -> Params:
-    """Updates that land ``params`` exactly on the mask.
+    """Updates in the parameters' dtypes that land ``params`` exactly on the mask.
 
     Masked algorithms: ``u = -theta`` off the mask (``theta + u == 0`` exactly). Top-KAST stores
-    weights densely: off ``B`` the update is 0 so those weights keep their values.
+    weights densely: off ``B`` the update is 0 so those weights keep their values. Some optimizers
+    (adafactor with momentum) return float32 updates for bfloat16 params; they are cast back.
     """
+    updates = jax.tree.map(lambda u, p: u.astype(p.dtype), updates, params)
     if isinstance(masks, MaskPair):
         return _restrict(updates, masks.backward)
-    return jax.tree.map(lambda u, p, m: u if m is None else jnp.where(m, u.astype(p.dtype), -p), updates, params, masks)
+    return jax.tree.map(lambda u, p, m: u if m is None else jnp.where(m, u, -p), updates, params, masks)
 
 
 def _changed(old: Masks, new: Masks) -> Masks:
     return jax.tree.map(lambda a, b: None if a is None else a != b, old, new, is_leaf=lambda x: x is None)
 
 
-def _grow(updates: Params, params: Params, old: Masks, new: Masks, init, key: jax.Array) -> Params:
+def _grow(
+    updates: Params, params: Params, old: Masks, new: Masks, init, is_update: jax.Array, key: jax.Array
+) -> Params:
     """At newly active positions, move the weight to ``init`` (plus any optimizer update)."""
     leaves = []
     for index, (u, p, a, b) in enumerate(
@@ -109,7 +114,14 @@ def _grow(updates: Params, params: Params, old: Masks, new: Masks, init, key: ja
         if a is None:
             leaves.append(u)
             continue
-        start = init(jax.random.fold_in(key, index), p.shape, p.dtype)
+        if init is jax.nn.initializers.zeros:
+            start = jnp.zeros((), p.dtype)
+        else:  # draw only on mask-update steps, not on every step
+            start = lax.cond(
+                is_update,
+                lambda p=p, i=index: init(jax.random.fold_in(key, i), p.shape, p.dtype),
+                lambda p=p: jnp.zeros(p.shape, p.dtype),
+            )
         leaves.append(jnp.where(b & ~a, (start - p) + u, u))
     return jax.tree.unflatten(jax.tree.structure(params), leaves)
 
@@ -179,30 +191,32 @@ def sparsify(
         penalty = algorithm.regularizer_gradient(params, masks)
         objective_grads = grads if penalty is None else jax.tree.map(jnp.add, grads, penalty)
 
-        def inner_step(inner_state, trainable):
-            return inner.update(_restrict(objective_grads, trainable), inner_state, params, **extra_args)
-
-        def normal_step():
-            updates, inner_state = inner_step(state.inner_state, trainable_masks(masks))
-            return _project(updates, params, masks), inner_state, masks
-
-        def mask_update_step():
-            new_masks = algorithm.update_rule(params, masks, grads, step, this_key)
-            old_trainable, new_trainable = trainable_masks(masks), trainable_masks(new_masks)
-            inner_state = reset_slots(state.inner_state, params, _changed(old_trainable, new_trainable))
-            if algorithm.skip_optimizer_on_update:
-                updates = jax.tree.map(jnp.zeros_like, params)
-            else:
-                updates, inner_state = inner_step(inner_state, new_trainable)
-            if not isinstance(new_masks, MaskPair):
-                updates = _grow(updates, params, masks, new_masks, algorithm.grow_init, this_key)
-            return _project(updates, params, new_masks), inner_state, new_masks
-
         if algorithm.schedule is None:
-            updates, inner_state, new_masks = normal_step()
-        else:
-            updates, inner_state, new_masks = lax.cond(algorithm.is_update_step(step), mask_update_step, normal_step)
-        new_state = SparsifyState(inner_state, new_masks, optax.safe_int32_increment(step), state.key)
-        return updates, new_state
+            updates, inner_state = inner.update(
+                _restrict(objective_grads, trainable_masks(masks)), state.inner_state, params, **extra_args
+            )
+            return _project(updates, params, masks), state._replace(
+                inner_state=inner_state, step=optax.safe_int32_increment(step)
+            )
+
+        # Only the selection sits under the cond. The rest is element-wise work that XLA fuses with
+        # the optimizer's own arithmetic (and with apply_updates) as long as no cond boundary
+        # splits it; on normal steps `changed` is all False and those selects are no-ops.
+        is_update = algorithm.is_update_step(step)
+        new_masks = lax.cond(
+            is_update, lambda: algorithm.update_rule(params, masks, grads, step, this_key), lambda: masks
+        )
+        new_trainable = trainable_masks(new_masks)
+        inner_state = reset_slots(state.inner_state, params, _changed(trainable_masks(masks), new_trainable))
+        updates, stepped_state = inner.update(
+            _restrict(objective_grads, new_trainable), inner_state, params, **extra_args
+        )
+        if algorithm.skip_optimizer_on_update:
+            updates = jax.tree.map(lambda u: jnp.where(is_update, jnp.zeros((), u.dtype), u), updates)
+            stepped_state = jax.tree.map(lambda new, old: jnp.where(is_update, old, new), stepped_state, inner_state)
+        if not isinstance(new_masks, MaskPair):
+            updates = _grow(updates, params, masks, new_masks, algorithm.grow_init, is_update, this_key)
+        new_state = SparsifyState(stepped_state, new_masks, optax.safe_int32_increment(step), state.key)
+        return _project(updates, params, new_masks), new_state
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
