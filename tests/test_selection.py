@@ -126,7 +126,7 @@ def test_global_top_k_pools_arrays(sizes, k_fraction, seed):
 
 @pytest.mark.parametrize("k", [0, 1, 123_457, 1_100_000])
 def test_large_inputs_use_wide_digits_and_stay_exact(k):
-    # Above 2**20 elements the radix select switches to 16-bit digits: check it on heavy ties.
+    # From 2**16 elements on, the radix select uses 16-bit digits: check it on heavy ties.
     rng = np.random.default_rng(k)
     scores = rng.integers(-50, 50, 1_100_000).astype(np.float32) / 7
     scores[rng.integers(0, scores.size, 1000)] = np.nan

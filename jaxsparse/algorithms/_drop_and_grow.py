@@ -68,6 +68,9 @@ class DropAndGrow(SparseAlgorithm):
                 new_leaves.append(None)
                 continue
             param, grad, mask = param_leaves[index], grad_leaves[index], mask_leaves[index]
+            if plan.zeros == 0:  # a layer the distribution saturated to dense stays dense
+                new_leaves.append(mask)
+                continue
             drop_key, grow_key, keep_ties, grow_ties = jax.random.split(layer_key(key, index), 4)
             dropped = drop_count(plan.active, fraction)
             kept = top_k_mask(

@@ -21,6 +21,7 @@ budget (global selection across layers).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -31,6 +32,7 @@ from jaxsparse.selection._order_keys import order_keys
 __all__ = ["top_k_mask", "global_top_k_masks"]
 
 _LARGE = 1 << 16
+_SPARE_BINS = 8
 
 
 def _mix32(x: jax.Array) -> jax.Array:
@@ -50,33 +52,52 @@ def _digit_bits(total_size: int) -> int:
     return 16 if total_size >= _LARGE else 8
 
 
-def _kth_largest(keys: Sequence[jax.Array], k: jax.Array) -> jax.Array:
-    """The largest ``t >= 1`` with ``#{keys >= t} >= k``, keys pooled over all arrays; else 0.
+class _Threshold(NamedTuple):
+    """The k-th largest key and the counts around it, read off the radix histograms."""
+
+    key: jax.Array  # 0 when fewer than k keys are positive
+    n_above: jax.Array  # keys > key (every positive key when key == 0)
+    n_ties: jax.Array  # keys == key (0 when key == 0)
+
+
+def _kth_largest(keys: Sequence[jax.Array], k: jax.Array) -> _Threshold:
+    """The largest ``t >= 1`` with ``#{keys >= t} >= k``, keys pooled over all arrays.
 
     A most-significant-digit radix select: for each digit, a histogram of that digit over the keys
     whose higher digits equal the prefix found so far locates the digit of the k-th largest key.
-    Positions that must not count carry key ``0``, which no threshold ``>= 1`` counts. For
-    ``k <= 0`` the result is ``2**32 - 1``.
+    Keys equal to ``0`` are not counted at all. For ``k <= 0`` the threshold is ``2**32 - 1``.
     """
     bits = _digit_bits(sum(key.size for key in keys))
     buckets = 1 << bits
     prefix = jnp.uint32(0)
     above_prefix = jnp.int32(0)  # keys whose higher digits exceed the prefix
-    found = jnp.asarray(True)
-    for shift in range(32 - bits, -1, -bits):
-        bins = jnp.zeros((buckets,), jnp.int32)
+    for level, shift in enumerate(range(32 - bits, -1, -bits)):
+        bins = jnp.zeros((buckets + _SPARE_BINS,), jnp.int32)
         for key in keys:
             digit = ((key >> shift) & (buckets - 1)).astype(jnp.int32)
-            if shift + bits < 32:  # only keys that share the higher digits found so far
-                digit = jnp.where((key >> (shift + bits)) == (prefix >> (shift + bits)), digit, buckets)
+            if level == 0:
+                # Uncounted keys (0) go to spare bins in rotation: a single hot bin would make the
+                # scatter's increments wait on one another, and dropping them (an out-of-range
+                # index) branches unpredictably on a random mask.
+                spare = buckets + (lax.iota(jnp.int32, key.size).reshape(key.shape) & (_SPARE_BINS - 1))
+                digit = jnp.where(key != 0, digit, spare)
+            else:  # only keys sharing the higher digits found so far; nearly all others, dropped
+                same_prefix = (key != 0) & ((key >> (shift + bits)) == (prefix >> (shift + bits)))
+                digit = jnp.where(same_prefix, digit, buckets + _SPARE_BINS)
             bins = bins.at[digit.ravel()].add(1, mode="drop")
-        at_least = jnp.cumsum(bins[::-1])[::-1] + above_prefix  # at_least[d] = #{keys >= prefix | d}
-        chosen = jnp.sum(at_least >= k, dtype=jnp.int32) - 1
-        found &= chosen >= 0
-        chosen = jnp.maximum(chosen, 0)
+        at_least = jnp.cumsum(bins[buckets - 1 :: -1])[::-1] + above_prefix  # at_least[d] = #{keys >= prefix | d}
+        if level == 0:
+            positive = at_least[0]
+        chosen = jnp.maximum(jnp.sum(at_least >= k, dtype=jnp.int32) - 1, 0)
+        at_or_above = at_least[chosen]
         above_prefix = jnp.where(chosen + 1 < buckets, at_least[jnp.minimum(chosen + 1, buckets - 1)], above_prefix)
         prefix = prefix | (chosen.astype(jnp.uint32) << shift)
-    return jnp.where(found, prefix, jnp.uint32(0))
+    found = positive >= k
+    return _Threshold(
+        key=jnp.where(found, prefix, jnp.uint32(0)),
+        n_above=jnp.where(found, above_prefix, positive),
+        n_ties=jnp.where(found, at_or_above - above_prefix, 0),
+    )
 
 
 def _select(
@@ -87,42 +108,37 @@ def _select(
 ) -> list[jax.Array]:
     """Exactly ``min(k, #candidates)`` positions with the largest keys, pooled over arrays."""
     k = jnp.asarray(k, jnp.int32)
-    # Key 0 means "not a candidate" to the bisection; a candidate whose real key is 0 (a NaN
-    # score) is still reachable through the tie stage below, which consults the candidate mask.
+    # Key 0 marks "not a candidate"; real keys are lifted to >= 1 (NaN's 0 joins key 1, both below
+    # -inf), so one integer array carries both the ranking and the candidate set.
     counted = [
-        key if valid is None else jnp.where(valid, key, jnp.uint32(0))
+        jnp.maximum(key, jnp.uint32(1)) if valid is None else jnp.where(valid, jnp.maximum(key, jnp.uint32(1)), 0)
         for key, valid in zip(keys, candidates, strict=True)
     ]
     threshold = _kth_largest(counted, k)
-    above = [key > threshold for key in counted]
-    ties = [
-        (key == threshold) if valid is None else (key == threshold) & valid
-        for key, valid in zip(keys, candidates, strict=True)
-    ]
-    needed = k - sum(jnp.sum(a, dtype=jnp.int32) for a in above)
-    n_ties = sum(jnp.sum(t, dtype=jnp.int32) for t in ties)
+    needed = k - threshold.n_above
 
-    def take_every_tie():
-        return ties
+    def tied():
+        # threshold.key == 0 means fewer than k candidates: every one of them is already above it.
+        return [(key == threshold.key) & (threshold.key != 0) for key in counted]
 
     def take_some_ties():
         offsets = [0]
         for key in keys[:-1]:
             offsets.append(offsets[-1] + key.size)
         seed = jnp.asarray(tie_seed).astype(jnp.uint32)
+        ties = tied()
         priorities = [
             _mix32((lax.iota(jnp.uint32, key.size).reshape(key.shape) + jnp.uint32(offset)) ^ seed)
             for key, offset in zip(keys, offsets, strict=True)
         ]
-        # Priorities are distinct, so the needed-th largest among ties splits them exactly. Tied
-        # positions need priority >= 1 to be counted by the bisection; the one position whose
-        # priority is 0 is counted through the final `needed` guard instead.
+        # Priorities are distinct, so the needed-th largest among ties splits them exactly. A tied
+        # position whose priority is 0 is never counted, and is never needed: it ranks last.
         tie_priorities = [jnp.where(t, p, jnp.uint32(0)) for t, p in zip(ties, priorities, strict=True)]
-        cut = _kth_largest(tie_priorities, needed)
+        cut = _kth_largest(tie_priorities, needed).key
         return [t & (p >= cut) & (needed > 0) for t, p in zip(ties, priorities, strict=True)]
 
-    chosen_ties = lax.cond(n_ties <= needed, take_every_tie, take_some_ties)
-    return [a | t for a, t in zip(above, chosen_ties, strict=True)]
+    chosen_ties = lax.cond(threshold.n_ties <= needed, tied, take_some_ties)
+    return [(key > threshold.key) | t for key, t in zip(counted, chosen_ties, strict=True)]
 
 
 def top_k_mask(

@@ -1,5 +1,9 @@
 """Resetting per-parameter optimizer slots at positions whose mask changed.
 
+A reset slot takes the value the optimizer's own ``init`` gives it: 0 for momentum and Adam's
+moments, ``initial_accumulator_value`` for Adagrad, the parameter itself for look-ahead copies.
+So a newly grown weight starts exactly as a weight of a freshly initialised optimizer would.
+
 optax states mirror the parameter tree wherever they keep per-parameter statistics (momentum,
 Adam's ``mu``/``nu``, ``MultiSteps``' accumulated gradients, ...), whatever wraps them (``chain``,
 ``inject_hyperparams``, ``MultiSteps``, ``masked``). So a state leaf is a *slot* of parameter ``P``
@@ -26,16 +30,19 @@ from jaxsparse.masks import Masks, Params
 __all__ = ["reset_slots"]
 
 
-def reset_slots(opt_state: optax.OptState, params: Params, positions: Masks) -> optax.OptState:
-    """Zeroes every parameter-shaped optimizer slot where ``positions`` is ``True``.
+def reset_slots(
+    opt_state: optax.OptState, fresh_state: optax.OptState, params: Params, positions: Masks
+) -> optax.OptState:
+    """Resets every parameter-shaped optimizer slot to its fresh value where ``positions`` is set.
 
     Args:
       opt_state: any optax state.
+      fresh_state: the same optimizer's ``init(params)`` (same structure as ``opt_state``).
       params: the parameters the state belongs to (for paths and shapes).
       positions: mask tree (``None`` at dense leaves) of the positions to reset.
 
     Returns:
-      The state with those slots set to zero, dtypes and structure unchanged.
+      The state with those slots reset, dtypes and structure unchanged.
     """
     targets = {
         path: (jnp.shape(param), where)
@@ -47,13 +54,13 @@ def reset_slots(opt_state: optax.OptState, params: Params, positions: Masks) -> 
         if where is not None
     }
 
-    def reset(path, leaf):
+    def reset(path, leaf, fresh):
         if not isinstance(leaf, jax.Array) or leaf.ndim == 0:
             return leaf
         for start in range(len(path) + 1):
             target = targets.get(path[start:])
             if target is not None and target[0] == leaf.shape:
-                return jnp.where(target[1], jnp.zeros((), leaf.dtype), leaf)
+                return jnp.where(target[1], jnp.asarray(fresh, leaf.dtype), leaf)
         return leaf
 
-    return jax.tree_util.tree_map_with_path(reset, opt_state)
+    return jax.tree_util.tree_map_with_path(reset, opt_state, fresh_state)

@@ -9,9 +9,10 @@ sparse: for masked algorithms ``u = -theta`` off the mask, so ``theta + u`` is e
 whatever the optimizer did (weight decay included). On a mask-update step it also
 
 * computes the new masks with the algorithm's pure rule,
-* zeroes every parameter-shaped optimizer slot where the trainable mask changed (see
-  :mod:`jaxsparse.transform._slots`), so a weight grown now starts with fresh moments while a
-  weight dropped and regrown in the same update (unchanged mask) keeps them,
+* resets every parameter-shaped optimizer slot where the trainable mask changed to the value the
+  inner optimizer's ``init`` gives it (see :mod:`jaxsparse.transform._slots`), so a weight grown
+  now starts with fresh moments while a weight dropped and regrown in the same update (unchanged
+  mask) keeps them,
 * moves grown weights to ``grow_init`` values, and
 * skips the optimizer step if ``skip_optimizer_on_update`` (the RigL reference's behaviour).
 
@@ -207,7 +208,11 @@ def sparsify(
             is_update, lambda: algorithm.update_rule(params, masks, grads, step, this_key), lambda: masks
         )
         new_trainable = trainable_masks(new_masks)
-        inner_state = reset_slots(state.inner_state, params, _changed(trainable_masks(masks), new_trainable))
+        # inner.init(params) is traced, not run: XLA folds it to constants for the usual optimizers.
+        fresh_state = inner.init(params if isinstance(masks, MaskPair) else apply_masks(params, new_masks))
+        inner_state = reset_slots(
+            state.inner_state, fresh_state, params, _changed(trainable_masks(masks), new_trainable)
+        )
         updates, stepped_state = inner.update(
             _restrict(objective_grads, new_trainable), inner_state, params, **extra_args
         )
