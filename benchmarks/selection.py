@@ -66,10 +66,13 @@ def time_methods(size: int, repeats: int) -> dict:
     k = size // 10
     compiled = {name: jax.jit(fn) for name, fn in methods(size, k).items()}
     reference = compiled["radix"](x)
+    assert int(reference.sum()) == k
+    kth_value = jnp.abs(x)[reference].min()
     for name, fn in compiled.items():
         mask = fn(x).block_until_ready()
         if name != "approx_max_k":
-            assert bool((mask == reference).all()), f"{name} disagrees with radix select"
+            # Exact methods may only disagree on which of the values tied with the k-th to take.
+            assert bool(((mask == reference) | (jnp.abs(x) == kth_value)).all()), f"{name} is not a top-k"
     samples = {name: [] for name in compiled}
     for _ in range(repeats):
         for name, fn in compiled.items():

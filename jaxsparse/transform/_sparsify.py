@@ -23,6 +23,7 @@ projection are element-wise selects that are no-ops on normal steps and fuse wit
 
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple
 
 import jax
@@ -127,6 +128,16 @@ def _grow(
     return jax.tree.unflatten(jax.tree.structure(params), leaves)
 
 
+@functools.partial(jax.jit, static_argnums=0)
+def _init_masks(algorithm: SparseAlgorithm, params: Params, key: jax.Array) -> Masks | MaskPair:
+    """``algorithm.init_masks`` compiled once per algorithm and parameter shapes.
+
+    ``tx.init`` is usually called eagerly; run op by op, every selection would compile its
+    branches anew.
+    """
+    return algorithm.init_masks(params, key)
+
+
 def sparsify(
     inner: optax.GradientTransformation,
     algorithm: SparseAlgorithm,
@@ -169,7 +180,7 @@ def sparsify(
     def init_fn(params: Params) -> SparsifyState:
         if params is None:
             raise ValueError("sparsify.init needs params: call tx.init(params) with the parameter pytree.")
-        masks = algorithm.init_masks(params, init_key)
+        masks = _init_masks(algorithm, params, init_key)
         inner_params = params if isinstance(masks, MaskPair) else apply_masks(params, masks)
         return SparsifyState(
             inner_state=inner.init(inner_params),
