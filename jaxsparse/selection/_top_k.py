@@ -5,11 +5,11 @@ high 16 bits of every key locates the bucket that holds the ``k``-th largest, an
 the low 16 bits of the keys in that bucket locates the key (8-bit digits, four passes, for inputs
 under 65,536 elements, where a 65,536-counter histogram would dominate). That is a few passes
 over the data (across devices, a sum of the histograms) instead of a sort or ``lax.top_k``, and it
-is exact because keys are compared as integers. It replaced a 32-pass
-bisection over key bits, which gave identical thresholds 2-3x slower on CPU
-(``benchmarks/selection.py``).
+is exact because keys are compared as integers. It replaced a 32-pass bisection over key bits,
+which finds the same thresholds 1.2-2.6x slower on CPU at 1M-25M elements (but 0.9x at 4M; see
+``benchmarks/selection.py``).
 
-Every key ``> t`` is selected. Keys ``== t`` (ties) are chosen by a second bisection over a
+Every key ``> t`` is selected. Keys ``== t`` (ties) are chosen by a second radix select over a
 per-position priority, a keyed bijective hash of the flat position, so that the choice is
 deterministic for a given ``tie_seed``, unbiased across positions, and collision-free: exactly
 ``k`` entries are selected, never more or fewer (when at least ``k`` candidates exist).
