@@ -86,3 +86,9 @@ def test_layout_errors_name_the_problem():
         SparsityLayout(0.5, "gaussian")
     with pytest.raises(ValueError, match=r"layer_sparsity\['w'\]=1.2 is outside"):
         SparsityLayout(0.5, layer_sparsity={"w": 1.2})
+
+
+def test_layout_options_accept_lists_and_stay_hashable():
+    layout = SparsityLayout(0.5, keep_dense=["embed"], layer_sparsity={"w": 0.2})
+    assert layout.keep_dense == ("embed",) and layout.layer_sparsity == (("w", 0.2),)
+    assert hash(layout) == hash(SparsityLayout(0.5, keep_dense=("embed",), layer_sparsity={"w": 0.2}))

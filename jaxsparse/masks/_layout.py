@@ -110,8 +110,9 @@ class SparsityLayout:
         for pattern, value in overrides:
             re.compile(pattern)
             validate_sparsity(value, f"layer_sparsity[{pattern!r}]")
-        if isinstance(self.keep_dense, str):
-            object.__setattr__(self, "keep_dense", (self.keep_dense,))
+        # Tuples keep the layout hashable, so compiled functions can cache on it.
+        keep_dense = (self.keep_dense,) if isinstance(self.keep_dense, str) else tuple(self.keep_dense)
+        object.__setattr__(self, "keep_dense", keep_dense)
         for pattern in self.keep_dense:
             re.compile(pattern)
         if not callable(self.include):
