@@ -531,6 +531,7 @@ def machine_info() -> dict[str, Any]:
         "numpy": np.__version__,
         "jaxsparse": jsp.__version__,
         "xla_flags": os.environ.get("XLA_FLAGS"),
+        "malloc_env": {name: value for name, value in os.environ.items() if name.startswith("MALLOC_")},
         "git_head": git_head(),
         "jaxsparse_source_sha256": jaxsparse_source_digest(),
     }
