@@ -229,3 +229,26 @@ def test_non_finite_scores_keep_exact_counts():
         assert int(masks["w"].sum()) == 400 - 280
     # Infinite gradients rank highest: they are grown first; NaN gradients rank lowest.
     assert bool(masks["w"][3, :4].all())
+
+
+@pytest.mark.parametrize(
+    "build",
+    [
+        lambda: jsp.rigl(0.9, update_every=1, end_step=10),
+        lambda: jsp.gradual_magnitude(0.9, end_step=1, update_every=1),
+        lambda: jsp.top_kast(0.9, 0.8),
+    ],
+)
+def test_layers_saturated_to_dense_stay_dense(build):
+    # ERK at 90%: the 100-weight layer's raw score saturates it to dense (see test_distributions).
+    params = {"big": jax.random.normal(jax.random.key(0), (1000, 1000)), "small": jnp.ones((10, 10))}
+    algo = build()
+    plans = {p.name: p for p in algo.plan(params) if p is not None}
+    assert plans["small"].zeros == 0 and plans["big"].zeros > 0
+    grads = jax.tree.map(jnp.ones_like, params)
+    masks = algo.update(params, algo.init_masks(params, jax.random.key(0)), grads, 1, jax.random.key(1))
+    for m in jax.tree.leaves(jsp.masks.forward_masks(masks)):
+        if m.shape == (10, 10):
+            assert bool(m.all())
+        else:
+            assert int(m.sum()) == plans["big"].active

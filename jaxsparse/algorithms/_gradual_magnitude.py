@@ -74,6 +74,9 @@ class GradualMagnitude(SparseAlgorithm):
             kept = []
             for i, score, candidate, seed in zip(indices, scores, candidates, seeds, strict=True):
                 plan = plans[i]
+                if plan.zeros == 0:  # a layer the distribution saturated to dense stays dense
+                    kept.append(jnp.ones(plan.shape, bool))
+                    continue
                 ramp = plan.size - jnp.floor(ratio * plan.sparsity * plan.size).astype(jnp.int32)
                 count = jnp.where(at_end, plan.active, jnp.clip(ramp, plan.active, plan.size))
                 kept.append(top_k_mask(score, count, candidates=candidate, tie_seed=seed))

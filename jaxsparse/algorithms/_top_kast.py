@@ -78,6 +78,10 @@ class TopKast(SparseAlgorithm):
                 forward.append(None)
                 backward.append(None)
                 continue
+            if a_plan.zeros == 0:  # a layer saturated to dense: A = B = everything
+                forward.append(jnp.ones(a_plan.shape, bool))
+                backward.append(jnp.ones(a_plan.shape, bool))
+                continue
             scores = jnp.abs(param)
             seed = jax.random.bits(layer_key(key, index), (), jnp.uint32)
             # One score array and one tie seed give one total order, so A (a shorter prefix of

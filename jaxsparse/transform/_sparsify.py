@@ -95,6 +95,11 @@ def _project(updates: Params, params: Params, masks: Masks | MaskPair) -> Params
     return jax.tree.map(lambda u, p, m: u if m is None else jnp.where(m, u, -p), updates, params, masks)
 
 
+def _stored_params(params: Params, masks: Masks | MaskPair) -> Params:
+    """The parameters as the optimizer should see them: on the mask, or dense for Top-KAST."""
+    return params if isinstance(masks, MaskPair) else apply_masks(params, masks)
+
+
 def _changed(old: Masks, new: Masks) -> Masks:
     return jax.tree.map(lambda a, b: None if a is None else a != b, old, new, is_leaf=lambda x: x is None)
 
@@ -181,9 +186,8 @@ def sparsify(
         if params is None:
             raise ValueError("sparsify.init needs params: call tx.init(params) with the parameter pytree.")
         masks = _init_masks(algorithm, params, init_key)
-        inner_params = params if isinstance(masks, MaskPair) else apply_masks(params, masks)
         return SparsifyState(
-            inner_state=inner.init(inner_params),
+            inner_state=inner.init(_stored_params(params, masks)),
             masks=masks,
             step=jnp.zeros((), jnp.int32),
             key=step_key,
@@ -220,7 +224,7 @@ def sparsify(
         )
         new_trainable = trainable_masks(new_masks)
         # inner.init(params) is traced, not run: XLA folds it to constants for the usual optimizers.
-        fresh_state = inner.init(params if isinstance(masks, MaskPair) else apply_masks(params, new_masks))
+        fresh_state = inner.init(_stored_params(params, new_masks))
         inner_state = reset_slots(
             state.inner_state, fresh_state, params, _changed(trainable_masks(masks), new_trainable)
         )
