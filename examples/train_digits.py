@@ -29,7 +29,7 @@ import jaxsparse as jsp
 
 try:
     from tqdm.auto import tqdm
-except ImportError:  # tqdm is optional (``pip install jaxsparse[examples]``)
+except ImportError:  # tqdm is optional (``pip install jaxsparse[train]``)
     tqdm = None
 
 METHODS = ("dense", "static", "set", "rigl", "top_kast", "gradual_magnitude")
