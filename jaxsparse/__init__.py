@@ -8,7 +8,7 @@ Example:
 
 from importlib.metadata import PackageNotFoundError, version
 
-from jaxsparse import algorithms, distributions, inspection, masks, schedules, scores, selection, transform
+from jaxsparse import algorithms, distributed, distributions, inspection, masks, schedules, scores, selection, transform
 from jaxsparse.algorithms import SparseAlgorithm, gradual_magnitude, rigl, set_, static, top_kast
 from jaxsparse.inspection import layer_stats, summary, total_sparsity
 from jaxsparse.masks import MaskPair, SparsityLayout, apply_masks
@@ -28,6 +28,7 @@ __all__ = [
     "__version__",
     "algorithms",
     "apply_masks",
+    "distributed",
     "distributions",
     "forward_params",
     "global_top_k_masks",

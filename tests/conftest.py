@@ -4,10 +4,16 @@ Strict numerics, as in equinox's test suite: rank promotion raises, so a broadca
 library fails loudly instead of silently reshaping a mask.
 """
 
-import jax
-import pytest
+import os
 
-from tests.helpers import make_batch, make_mlp
+# Eight CPU devices for the distributed tests (tests/test_distributed.py). XLA reads the flag when
+# the backend starts, on first use, so setting it here, before any test runs, is early enough.
+os.environ["XLA_FLAGS"] = " ".join([os.environ.get("XLA_FLAGS", ""), "--xla_force_host_platform_device_count=8"])
+
+import jax  # noqa: E402
+import pytest  # noqa: E402
+
+from tests.helpers import make_batch, make_mlp  # noqa: E402
 
 jax.config.update("jax_numpy_rank_promotion", "raise")
 

@@ -13,6 +13,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
+from jaxsparse import scores
 from jaxsparse.masks._layout import LayerPlan, leaf_name
 from jaxsparse.selection import top_k_mask
 
@@ -111,11 +112,11 @@ def random_masks(key: jax.Array, params: Params, plans: Sequence[LayerPlan | Non
     ``plan.active`` largest (an exact top-k), so every subset of that size is equally likely.
     """
     leaves = []
-    for index, plan in enumerate(plans):
+    for index, (plan, param) in enumerate(zip(plans, jax.tree.leaves(params), strict=True)):
         if plan is None:
             leaves.append(None)
             continue
         leaf_key = jax.random.fold_in(key, index)
-        bits = jax.random.bits(leaf_key, plan.shape, jnp.uint32)
+        bits = scores.random(param, None, leaf_key)
         leaves.append(top_k_mask(bits, plan.active, tie_seed=jax.random.bits(leaf_key, (), jnp.uint32)))
     return masks_from_leaves(params, leaves)

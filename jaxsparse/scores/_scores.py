@@ -12,6 +12,8 @@ from typing import Protocol
 import jax
 import jax.numpy as jnp
 
+from jaxsparse._explicit import explicit_sharding
+
 __all__ = ["Score", "gradient_magnitude", "magnitude", "random"]
 
 
@@ -38,4 +40,5 @@ def gradient_magnitude(param: jax.Array, grad: jax.Array | None, key: jax.Array)
 def random(param: jax.Array, grad: jax.Array | None, key: jax.Array) -> jax.Array:
     """Independent uniform ``uint32`` draws: a uniformly random choice (SET grow, Mocanu et al. 2018)."""
     del grad
-    return jax.random.bits(key, jnp.shape(param), jnp.uint32)
+    # Threefry bits are the same however they are sharded: a sharded run draws what one device would.
+    return jax.random.bits(key, jnp.shape(param), jnp.uint32, out_sharding=explicit_sharding(param))

@@ -1,4 +1,4 @@
-"""Exact top-k selection: order keys for floats and bisection-based top-k masks."""
+"""Exact top-k selection: order keys for floats and radix-select top-k masks."""
 
 from jaxsparse.selection._order_keys import order_keys
 from jaxsparse.selection._top_k import global_top_k_masks, top_k_mask

@@ -27,21 +27,14 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from jaxsparse._explicit import replicated_sharding
+from jaxsparse._positions import flat_positions, mix32
 from jaxsparse.selection._order_keys import order_keys
 
 __all__ = ["top_k_mask", "global_top_k_masks"]
 
 _LARGE = 1 << 16
 _SPARE_BINS = 8
-
-
-def _mix32(x: jax.Array) -> jax.Array:
-    """A bijection of ``uint32`` (the MurmurHash3 finaliser), used to order tied positions."""
-    x = x ^ (x >> 16)
-    x = x * jnp.uint32(0x85EBCA6B)
-    x = x ^ (x >> 13)
-    x = x * jnp.uint32(0xC2B2AE35)
-    return x ^ (x >> 16)
 
 
 def _digit_bits(total_size: int) -> int:
@@ -79,12 +72,14 @@ def _kth_largest(keys: Sequence[jax.Array], k: jax.Array) -> _Threshold:
                 # Uncounted keys (0) go to spare bins in rotation: a single hot bin would make the
                 # scatter's increments wait on one another, and dropping them (an out-of-range
                 # index) branches unpredictably on a random mask.
-                spare = buckets + (lax.iota(jnp.int32, key.size).reshape(key.shape) & (_SPARE_BINS - 1))
+                spare = buckets + (flat_positions(key, jnp.int32) & (_SPARE_BINS - 1))
                 digit = jnp.where(key != 0, digit, spare)
             else:  # only keys sharing the higher digits found so far; nearly all others, dropped
                 same_prefix = (key != 0) & ((key >> (shift + bits)) == (prefix >> (shift + bits)))
                 digit = jnp.where(same_prefix, digit, buckets + _SPARE_BINS)
-            bins = bins.at[digit.ravel()].add(1, mode="drop")
+            # Indexed by the digit array in its own shape (no ravel): each shard of a sharded key
+            # array histograms its own elements and the histograms are summed (an all-reduce).
+            bins = bins.at[digit].add(1, mode="drop", out_sharding=replicated_sharding(key))
         at_least = jnp.cumsum(bins[buckets - 1 :: -1])[::-1] + above_prefix  # at_least[d] = #{keys >= prefix | d}
         if level == 0:
             positive = at_least[0]
@@ -128,7 +123,7 @@ def _select(
         seed = jnp.asarray(tie_seed).astype(jnp.uint32)
         ties = tied()
         priorities = [
-            _mix32((lax.iota(jnp.uint32, key.size).reshape(key.shape) + jnp.uint32(offset)) ^ seed)
+            mix32((flat_positions(key, jnp.uint32) + jnp.uint32(offset)) ^ seed)
             for key, offset in zip(keys, offsets, strict=True)
         ]
         # Priorities are distinct, so the needed-th largest among ties splits them exactly. A tied
@@ -189,7 +184,7 @@ def global_top_k_masks(
 ) -> list[jax.Array]:
     """The ``k`` largest scores pooled across several arrays (global, cross-layer selection).
 
-    The threshold is shared: one bisection whose counts sum over every array, so no array is
+    The threshold is shared: one radix select whose histograms sum over every array, so no array is
     concatenated or copied. Exactly ``min(k, #candidates)`` positions are selected in total.
 
     Args:

@@ -21,13 +21,43 @@ are parameter-shaped and are reset.
 
 from __future__ import annotations
 
+from typing import Any
+
 import jax
 import jax.numpy as jnp
 import optax
 
 from jaxsparse.masks import Masks, Params
 
-__all__ = ["reset_slots"]
+__all__ = ["reset_slots", "slot_owners"]
+
+
+def slot_owners(state: Any, params: Params) -> list[jax.tree_util.KeyPath | None]:
+    """For each leaf of ``state``, the key path of the parameter it is a slot of, or ``None``.
+
+    A leaf is a slot of parameter ``P`` when its key path ends with ``P``'s and it has ``P``'s
+    shape (the longest such suffix wins). Works on arrays and on ``jax.ShapeDtypeStruct`` trees,
+    so it can run on ``jax.eval_shape(tx.init, params)``.
+
+    Args:
+      state: any pytree, e.g. an optax state or a :class:`~jaxsparse.transform.SparsifyState`.
+      params: the parameter pytree (arrays or shape structs).
+
+    Returns:
+      One entry per leaf of ``state``, in ``jax.tree.leaves`` order.
+    """
+    shapes = {path: tuple(jnp.shape(param)) for path, param in jax.tree_util.tree_leaves_with_path(params)}
+
+    def owner(path, leaf):
+        shape = tuple(jnp.shape(leaf))
+        if not shape:  # counts, keys, scalar hyperparameters
+            return None
+        for start in range(len(path) + 1):
+            if shapes.get(path[start:]) == shape:
+                return path[start:]
+        return None
+
+    return [owner(path, leaf) for path, leaf in jax.tree_util.tree_leaves_with_path(state)]
 
 
 def reset_slots(
@@ -44,23 +74,22 @@ def reset_slots(
     Returns:
       The state with those slots reset, dtypes and structure unchanged.
     """
-    targets = {
-        path: (jnp.shape(param), where)
-        for (path, param), where in zip(
+    where_by_path = {
+        path: where
+        for (path, _), where in zip(
             jax.tree_util.tree_leaves_with_path(params),
             jax.tree.leaves(positions, is_leaf=lambda x: x is None),
             strict=True,
         )
-        if where is not None
     }
 
-    def reset(path, leaf, fresh):
-        if not isinstance(leaf, jax.Array) or leaf.ndim == 0:
+    def reset(leaf, fresh, owner):
+        if owner is None or where_by_path[owner] is None:
             return leaf
-        for start in range(len(path) + 1):
-            target = targets.get(path[start:])
-            if target is not None and target[0] == leaf.shape:
-                return jnp.where(target[1], jnp.asarray(fresh, leaf.dtype), leaf)
-        return leaf
+        return jnp.where(where_by_path[owner], jnp.asarray(fresh, leaf.dtype), leaf)
 
-    return jax.tree_util.tree_map_with_path(reset, opt_state, fresh_state)
+    leaves, treedef = jax.tree.flatten(opt_state)
+    owners = slot_owners(opt_state, params)
+    return jax.tree.unflatten(
+        treedef, [reset(*entry) for entry in zip(leaves, jax.tree.leaves(fresh_state), owners, strict=True)]
+    )
