@@ -166,10 +166,10 @@ def loss_fn(params: Params, batch: Batch) -> jax.Array:
     return optax.softmax_cross_entropy_with_integer_labels(x, labels).mean()
 
 
-def random_batch(key: jax.Array, n_inputs: int, n_classes: int) -> Batch:
+def random_batch(key: jax.Array, n_inputs: int, n_classes: int, batch_size: int = BATCH_SIZE) -> Batch:
     input_key, label_key = jax.random.split(key)
-    inputs = jax.random.normal(input_key, (BATCH_SIZE, n_inputs), jnp.float32)
-    labels = jax.random.randint(label_key, (BATCH_SIZE,), 0, n_classes)
+    inputs = jax.random.normal(input_key, (batch_size, n_inputs), jnp.float32)
+    labels = jax.random.randint(label_key, (batch_size,), 0, n_classes)
     return inputs, labels
 
 

@@ -98,7 +98,7 @@ ALGORITHMS = {
 }
 
 
-@settings(max_examples=12, deadline=None)
+@settings(max_examples=6, deadline=None)
 @given(
     name=st.sampled_from(sorted(ALGORITHMS)),
     distribution=st.sampled_from(["uniform", "er", "erk"]),

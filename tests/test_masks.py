@@ -11,7 +11,7 @@ from jaxsparse.masks import SparsityLayout, apply_masks, check_masks, random_mas
 from tests.helpers import make_mlp
 
 
-@settings(max_examples=15, deadline=None)
+@settings(max_examples=8, deadline=None)
 @given(
     sparsity=st.floats(0, 0.99),
     distribution=st.sampled_from(["uniform", "er", "erk"]),

@@ -409,7 +409,7 @@ def test_bfloat16_params_stay_bfloat16(opt_name, algo_name):
     assert step._cache_size() == 1
 
 
-@settings(max_examples=10, deadline=None, database=None)
+@settings(max_examples=6, deadline=None, database=None)
 @given(
     sparsity=st.floats(0.05, 0.95),
     drop_fraction=st.floats(0.0, 1.0),

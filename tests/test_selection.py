@@ -110,7 +110,7 @@ def test_traced_k_does_not_retrace():
     assert f._cache_size() == 1
 
 
-@settings(max_examples=20, deadline=None)
+@settings(max_examples=10, deadline=None)
 @given(
     sizes=st.lists(st.integers(1, 40), min_size=1, max_size=4), k_fraction=st.floats(0, 1), seed=st.integers(0, 1000)
 )

@@ -5,7 +5,7 @@ Python, when masks are created or an update is traced. It never depends on value
 under ``jit`` and identical on every device and host.
 
 Leaves are named by their key path joined with ``/`` (``"params/Dense_0/kernel"``). The default
-filter sparsifies every leaf of rank >= 2 (kernels), so biases and normalisation scales stay dense,
+filter sparsifies every leaf of rank >= 2 not named ``bias`` (kernels), so biases and normalisation scales stay dense,
 as in the RigL reference. Patterns are regular expressions matched with :func:`re.search`.
 """
 
@@ -28,9 +28,12 @@ LeafFilter = Callable[[str, jax.Array], bool]
 
 
 def default_filter(name: str, leaf: jax.Array) -> bool:
-    """Sparsify kernels: every leaf of rank >= 2. Biases and norm scales (rank 1) stay dense."""
-    del name
-    return jnp.ndim(leaf) >= 2
+    """Sparsify kernels: every leaf of rank >= 2 that is not a bias.
+
+    Biases and norm scales stay dense. Most biases have rank 1, but flax's attention projections
+    keep theirs as ``(heads, head_dim)``, so biases are also excluded by name.
+    """
+    return jnp.ndim(leaf) >= 2 and name.rsplit("/", 1)[-1] != "bias"
 
 
 def leaf_name(path: tuple) -> str:
@@ -77,7 +80,7 @@ class SparsityLayout:
       layer_sparsity: per-layer overrides ``{pattern: sparsity}``; matching layers sit outside the
         distribution's budget (as in the RigL reference), so the global sparsity is then not
         exactly ``S``. The first matching pattern wins.
-      include: filter deciding which leaves are sparsified (default: rank >= 2).
+      include: filter deciding which leaves are sparsified (default: rank >= 2, not a bias).
       keep_dense: patterns of leaves never sparsified (e.g. ``("embed",)``).
       dense_first_layer: keep the first sparsifiable leaf dense.
       dense_last_layer: keep the last sparsifiable leaf dense.

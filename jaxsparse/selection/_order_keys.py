@@ -17,10 +17,11 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 __all__ = ["order_keys"]
 
-_SIGN_BIT = jnp.uint32(0x80000000)
+_SIGN_BIT = np.uint32(0x80000000)  # numpy: importing jaxsparse must not start a JAX backend
 
 
 def order_keys(scores: jax.Array) -> jax.Array:

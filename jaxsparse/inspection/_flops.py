@@ -1,0 +1,339 @@
+"""Theoretical FLOPs of sparse inference and sparse training, relative to the dense model.
+
+We follow the accounting of the RigL paper (Evci et al. 2020, Section 4 and Appendix H). Only the
+multiply-adds of layers with weights count; element-wise operations, normalisation and the loss
+are ignored, as is the cost of choosing masks. A multiply-add counts as **2 FLOPs** (the ratios do
+not depend on this convention). With ``f_{D,l}`` the dense FLOPs of layer ``l`` on one batch and
+``d_l`` its density (``1`` for a dense leaf):
+
+* inference: ``f_S = sum_l d_l f_{D,l}``;
+* one training step costs the forward pass plus a backward pass that is twice as expensive: the
+  gradient with respect to the layer's input and the gradient with respect to its weights each cost
+  one forward pass at the density they use. So a sparse step costs ``3 f_S`` and a dense one
+  ``3 f_D``.
+
+These are the FLOPs that sparse kernels would execute; the JAX step itself runs dense kernels on
+masked weights.
+
+References:
+  Evci, Gale, Menick, Castro, Elsen, "Rigging the Lottery: Making All Tickets Winners", ICML 2020,
+  Section 4 and Appendix H.
+  Jayakumar, Pascanu, Rae, Osindero, Elsen, "Top-KAST: Top-K Always Sparse Training", NeurIPS 2020.
+  Zhu & Gupta, "To prune, or not to prune: exploring the efficacy of pruning for model
+  compression", 2017.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+
+import jax
+import numpy as np
+from jax.extend import core as jex_core
+
+from jaxsparse.algorithms import DropAndGrow, GradualMagnitude, SparseAlgorithm, TopKast
+from jaxsparse.masks import MaskPair, Masks, Params, forward_masks, leaf_name
+from jaxsparse.scores import magnitude, random
+from jaxsparse.transform import SparsifyState
+
+__all__ = ["inference_flops_ratio", "layer_flops", "training_flops_ratio"]
+
+# Primitives that only move, cast or replicate a parameter's values: an operand computed from a
+# parameter by these alone is still that parameter, so its FLOPs are attributed to it.
+_SHAPE_ONLY = frozenset(
+    {
+        "broadcast_in_dim",
+        "convert_element_type",
+        "copy",
+        "reduce_precision",
+        "reshape",
+        "rev",
+        "squeeze",
+        "transpose",
+    }
+)
+_ARRAY_TYPES = (jax.Array, np.ndarray, jax.ShapeDtypeStruct)
+# Scores that read no gradient: drop-and-grow with only these (SET) never needs the dense gradient.
+_GRADIENT_FREE_SCORES = (magnitude, random)
+
+
+def _product_flops(eqn: jex_core.JaxprEqn) -> int:
+    """2 x multiply-adds of one ``dot_general`` or ``conv_general_dilated``."""
+    out = math.prod(eqn.outvars[0].aval.shape)
+    if eqn.primitive.name == "dot_general":
+        (contracting, _), _ = eqn.params["dimension_numbers"]
+        lhs = eqn.invars[0].aval.shape
+        return 2 * out * math.prod(lhs[d] for d in contracting)
+    # Each output element sums over the kernel's window and its input features (per group).
+    kernel = eqn.invars[1].aval.shape
+    _, in_features, *window = eqn.params["dimension_numbers"].rhs_spec
+    return 2 * out * math.prod(kernel[d] for d in window) * kernel[in_features]
+
+
+def _count(
+    jaxpr: jex_core.Jaxpr, sources: Sequence[int | None], counts: list[int], multiplier: int
+) -> list[int | None]:
+    """Adds each parameter's FLOPs in ``jaxpr`` to ``counts``; returns the outputs' sources.
+
+    ``sources[i]`` is the parameter leaf that ``jaxpr.invars[i]`` is (up to shape-only ops), or
+    ``None``. Nested jaxprs (``pjit``, ``closed_call``, ``remat``, ``custom_jvp_call``,
+    ``custom_vjp_call``, ...) are followed with their operands' sources; ``scan`` multiplies its
+    body by its length, ``cond`` counts its most expensive branch, and a ``while_loop`` whose body
+    multiplies by a parameter is refused (its trip count is unknown).
+    """
+    env = {var: source for var, source in zip(jaxpr.invars, sources, strict=True) if source is not None}
+
+    def source_of(var) -> int | None:
+        return None if isinstance(var, jex_core.Literal) else env.get(var)
+
+    for eqn in jaxpr.eqns:
+        operands = [source_of(var) for var in eqn.invars]
+        if not any(source is not None for source in operands):
+            continue  # nothing computed from a parameter flows in
+        name = eqn.primitive.name
+        if name in _SHAPE_ONLY:
+            env[eqn.outvars[0]] = operands[0]
+        elif name in ("dot_general", "conv_general_dilated"):
+            # A product of two parameters (a factorised weight) is attributed to its left operand.
+            leaf = operands[0] if operands[0] is not None else operands[1]
+            if leaf is not None:
+                counts[leaf] += multiplier * _product_flops(eqn)
+        elif name == "scan":
+            _count(eqn.params["jaxpr"].jaxpr, operands, counts, multiplier * eqn.params["length"])
+        elif name == "cond":
+            branches = []
+            for branch in eqn.params["branches"]:
+                branch_counts = [0] * len(counts)
+                _count(branch.jaxpr, operands[1:], branch_counts, multiplier)
+                branches.append(branch_counts)
+            for leaf, most in enumerate(np.max(branches, axis=0).tolist()):
+                counts[leaf] += most
+        elif name == "while":
+            # The body's operands are its constants and the carry, after the condition's constants.
+            body = [0] * len(counts)
+            _count(eqn.params["body_jaxpr"].jaxpr, operands[eqn.params["cond_nconsts"] :], body, multiplier)
+            if any(body):
+                raise ValueError(
+                    "layer_flops cannot count a parameter's products inside a while_loop: its trip count "
+                    "is not static. Use lax.scan, or lax.fori_loop with static bounds."
+                )
+        else:
+            subs = list(jex_core.jaxprs_in_params(eqn.params))
+            # Call-like primitives pass their operands straight to one body, in order.
+            if len(subs) == 1 and len(subs[0].invars) == len(eqn.invars):
+                outputs = _count(subs[0], operands, counts, multiplier)
+                if len(outputs) == len(eqn.outvars):
+                    for var, source in zip(eqn.outvars, outputs, strict=True):
+                        if source is not None:
+                            env[var] = source
+    return [source_of(var) for var in jaxpr.outvars]
+
+
+def layer_flops(apply_fn: Callable[..., object], params: Params, *args, **kwargs) -> dict[str, int]:
+    """Dense FLOPs of one call ``apply_fn(params, *args, **kwargs)``, per parameter leaf.
+
+    The call is traced with :func:`jax.make_jaxpr` (nothing is computed). Every ``dot_general``
+    and ``conv_general_dilated`` one of whose operands is a parameter leaf (possibly reshaped,
+    transposed, cast or broadcast) adds to that leaf, with a multiply-add counted as 2 FLOPs:
+
+    .. math::
+
+        \\text{dot}: 2 \\prod(\\text{out shape}) \\prod(\\text{contracting dims}), \\qquad
+        \\text{conv}: 2 \\prod(\\text{out shape}) \\prod(\\text{kernel window})
+        \\cdot \\text{in features per group}.
+
+    Nested jaxprs are followed (``jit``, ``remat``, custom derivatives, ``scan`` times its length;
+    ``cond`` counts its most expensive branch). Element-wise uses (biases, position embeddings) and
+    lookups cost nothing here, and neither do products of two activations (attention's ``q k^T``
+    and its weighted sum of values), which involve no weight: this module's ratios are over the FLOPs
+    of layers with weights, as in the RigL paper. Pass the plain model: parameters masked first
+    (``forward_params``) are no longer parameters to this count.
+
+    Args:
+      apply_fn: the model, called as ``apply_fn(params, *args, **kwargs)``.
+      params: the parameter pytree whose leaves the FLOPs are attributed to: the tree the masks
+        are made for (for flax, ``variables["params"]``; pass the other collections in ``args``).
+        Leaves may be :class:`jax.ShapeDtypeStruct`, e.g. from :func:`jax.eval_shape`.
+      *args: further arguments of ``apply_fn``, e.g. a batch (FLOPs scale with its size). Array
+        leaves may be :class:`jax.ShapeDtypeStruct`; other leaves are passed as Python values.
+      **kwargs: keyword arguments of ``apply_fn``, treated like ``args`` (e.g. ``train=False``).
+
+    Returns:
+      ``{leaf name: FLOPs}`` in flattening order, for the leaves that take part in a product
+      (names as :func:`jaxsparse.masks.leaf_name` gives them, e.g. ``"Dense_0/kernel"``).
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> params = {"w": jnp.ones((3, 4)), "b": jnp.ones(4)}
+      >>> layer_flops(lambda p, x: x @ p["w"] + p["b"][None, :], params, jnp.ones((2, 3)))
+      {'w': 48}
+    """
+    paths = [path for path, _ in jax.tree_util.tree_leaves_with_path(params)]
+    # Array arguments are traced too, so they may be abstract; everything else (flags such as
+    # ``train=False``) stays a Python value the model can branch on.
+    leaves, treedef = jax.tree.flatten((args, kwargs))
+    traced = [isinstance(leaf, _ARRAY_TYPES) for leaf in leaves]
+
+    def call(p, arrays):
+        arrays = iter(arrays)
+        full = [next(arrays) if is_traced else leaf for leaf, is_traced in zip(leaves, traced, strict=True)]
+        call_args, call_kwargs = jax.tree.unflatten(treedef, full)
+        return apply_fn(p, *call_args, **call_kwargs)
+
+    arrays = [leaf for leaf, is_traced in zip(leaves, traced, strict=True) if is_traced]
+    closed = jax.make_jaxpr(call)(params, arrays)
+    counts = [0] * len(paths)
+    _count(closed.jaxpr, [*range(len(paths)), *[None] * len(arrays)], counts, 1)
+    return {leaf_name(path): count for path, count in zip(paths, counts, strict=True) if count}
+
+
+def _mask_tree(state_or_masks: SparsifyState | Masks | MaskPair) -> Masks | MaskPair:
+    return state_or_masks.masks if isinstance(state_or_masks, SparsifyState) else state_or_masks
+
+
+def _densities(dense_flops: Mapping[str, int], masks: Masks) -> np.ndarray:
+    """The density of each layer of ``dense_flops``, in its order (1 for dense leaves)."""
+    density = {}
+    for path, mask in jax.tree_util.tree_leaves_with_path(masks, is_leaf=lambda x: x is None):
+        mask = None if mask is None else np.asarray(mask)
+        density[leaf_name(path)] = 1.0 if mask is None else np.count_nonzero(mask) / max(mask.size, 1)
+    unknown = [name for name in dense_flops if name not in density]
+    if unknown:
+        raise ValueError(
+            f"layers {unknown[:3]} of dense_flops are not leaves of the mask tree (whose leaves are "
+            f"{list(density)[:3]}, ...): compute layer_flops on the same params pytree the masks "
+            "were made for (for flax, variables['params'])."
+        )
+    return np.array([density[name] for name in dense_flops], dtype=np.float64)
+
+
+def _flops(dense_flops: Mapping[str, int]) -> np.ndarray:
+    flops = np.array(list(dense_flops.values()), dtype=np.float64)
+    if not flops.sum() > 0:
+        raise ValueError("dense_flops has no FLOPs: pass the output of layer_flops for the model.")
+    return flops
+
+
+def inference_flops_ratio(dense_flops: Mapping[str, int], state_or_masks: SparsifyState | Masks | MaskPair) -> float:
+    """``f_S / f_D``: the FLOPs of a sparse forward pass relative to the dense one.
+
+    .. math::
+
+        \\frac{f_S}{f_D} = \\frac{\\sum_l d_l\\, f_{D,l}}{\\sum_l f_{D,l}}
+
+    with ``d_l`` the density of layer ``l``'s forward mask (Top-KAST: the set ``A``); dense leaves
+    count at density 1 (Evci et al. 2020, Appendix H).
+
+    Args:
+      dense_flops: per-layer dense FLOPs, from :func:`layer_flops`.
+      state_or_masks: a :func:`~jaxsparse.sparsify` state, a mask tree or a
+        :class:`~jaxsparse.masks.MaskPair`, for the params ``dense_flops`` was computed on.
+
+    Returns:
+      The ratio, in ``(0, 1]``.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> masks = {"a": jnp.array([[True, False], [False, False]]), "b": None}
+      >>> inference_flops_ratio({"a": 100, "b": 100}, masks)
+      0.625
+    """
+    flops = _flops(dense_flops)
+    densities = _densities(dense_flops, forward_masks(_mask_tree(state_or_masks)))
+    return float(densities @ flops / flops.sum())
+
+
+def _sparsity_in_effect(algorithm: GradualMagnitude, total_steps: int) -> np.ndarray:
+    """The global sparsity of the masks the forward pass of each step ``0 .. total_steps-1`` sees.
+
+    The masks start at ``initial_sparsity``; an update at step ``u`` (computed after step ``u``'s
+    gradients) sets them to the ramp's ``s_u``, which steps ``u + 1, ...`` then use.
+    """
+    steps = np.arange(total_steps)
+    updates = np.asarray(algorithm.is_update_step(steps))
+    ramp = np.asarray(algorithm.sparsity_schedule(steps), dtype=np.float64)
+    last = np.maximum.accumulate(np.where(updates, steps, -1))
+    after = np.where(last >= 0, ramp[np.maximum(last, 0)], algorithm.initial_sparsity)
+    return np.concatenate([[algorithm.initial_sparsity], after[:-1]])
+
+
+def training_flops_ratio(
+    algorithm: SparseAlgorithm,
+    dense_flops: Mapping[str, int],
+    state_or_masks: SparsifyState | Masks | MaskPair,
+    *,
+    total_steps: int,
+) -> float:
+    """Training FLOPs of ``total_steps`` steps of ``algorithm`` relative to dense training.
+
+    Dense training costs ``3 f_D`` per step. Per step, with ``f_S`` the sparse forward FLOPs of the
+    masks (Evci et al. 2020, Appendix H):
+
+    * **static** and **SET**: ``3 f_S`` (choosing masks needs no gradient);
+    * **RigL**: ``3 f_S`` on normal steps and ``2 f_S + f_D`` on mask-update steps, whose weight
+      gradient is dense. The paper's per-step average ``(3 f_S ΔT + 2 f_S + f_D) / (ΔT + 1)`` counts
+      the update as one step added to every ``ΔT``; here the update steps are counted exactly, from
+      the algorithm's schedule (``begin_step``, ``end_step``) over ``total_steps``, which for updates
+      throughout training gives ``(3 f_S (ΔT - 1) + 2 f_S + f_D) / ΔT``. Any other drop-and-grow
+      score than ``|θ|`` and random is assumed to need the dense gradient, like RigL's;
+    * **Top-KAST**: ``2 f_A + f_B``: the forward pass and the input gradient use the weights in
+      ``A``, and the weight gradient is computed on ``B`` only (Jayakumar et al. 2020, Section 2),
+      by the same per-pass accounting as RigL's ``2 f_S + f_D``;
+    * **gradual magnitude pruning**: ``3 f_S(t)`` averaged over the steps, where the masks of step
+      ``t`` are at the sparsity that the pruning ramp set at the last update before ``t`` (Zhu &
+      Gupta 2017). Each layer ``l`` is taken at sparsity ``S_l s_t / S``, with ``S_l`` its final
+      sparsity in ``state_or_masks`` (exact for ``scope="layer"``, the proportional estimate for
+      ``scope="global"``).
+
+    Args:
+      algorithm: the algorithm that produced the masks.
+      dense_flops: per-layer dense FLOPs of one step's forward pass, from :func:`layer_flops`.
+      state_or_masks: the state or masks at the end of training (for Top-KAST, with both sets:
+        the state or a :class:`~jaxsparse.masks.MaskPair`). Only each layer's density is used.
+      total_steps: the number of training steps (steps ``0 .. total_steps - 1``).
+
+    Returns:
+      The ratio to dense training, ``sum_t cost_t / (3 f_D total_steps)``.
+
+    Example:
+      >>> import jax.numpy as jnp, jaxsparse as jsp
+      >>> masks = {"w": jnp.arange(10) < 1}  # density 0.1
+      >>> algo = jsp.rigl(0.9, update_every=10, drop_fraction_decay="constant")
+      >>> round(training_flops_ratio(algo, {"w": 10}, masks, total_steps=100), 6)  # (3*.1*9 + .2 + 1)/30
+      0.13
+    """
+    if isinstance(total_steps, bool) or not isinstance(total_steps, int) or total_steps < 1:
+        raise ValueError(f"total_steps must be a positive int, got {total_steps!r}.")
+    flops = _flops(dense_flops)
+    dense = 3.0 * flops.sum()
+    masks = _mask_tree(state_or_masks)
+    if isinstance(algorithm, TopKast):
+        if not isinstance(masks, MaskPair):
+            raise ValueError("Top-KAST's training FLOPs need both sets: pass its state or a MaskPair(A, B).")
+        forward = _densities(dense_flops, masks.forward) @ flops
+        backward = _densities(dense_flops, masks.backward) @ flops
+        return float((2.0 * forward + backward) / dense)
+    if isinstance(masks, MaskPair):
+        raise ValueError(f"a MaskPair belongs to Top-KAST, not to {algorithm.name!r}: pass that algorithm's masks.")
+    densities = _densities(dense_flops, masks)
+    if isinstance(algorithm, GradualMagnitude):
+        final = algorithm.layout.sparsity
+        if final == 0:
+            return 1.0
+        in_effect = _sparsity_in_effect(algorithm, total_steps)
+        layer_sparsity = (1.0 - densities)[None, :] * (in_effect / final)[:, None]
+        return float(((1.0 - layer_sparsity) @ flops).mean() * 3.0 / dense)
+    sparse = densities @ flops
+    if isinstance(algorithm, DropAndGrow):
+        if algorithm.grow_score in _GRADIENT_FREE_SCORES and algorithm.drop_score in _GRADIENT_FREE_SCORES:
+            return float(3.0 * sparse / dense)
+        updates = int(np.count_nonzero(np.asarray(algorithm.is_update_step(np.arange(total_steps)))))
+        total = 3.0 * sparse * (total_steps - updates) + (2.0 * sparse + flops.sum()) * updates
+        return float(total / (dense * total_steps))
+    if type(algorithm) is SparseAlgorithm:  # static masks
+        return float(3.0 * sparse / dense)
+    raise TypeError(
+        f"training_flops_ratio knows static, SET/RigL (DropAndGrow), Top-KAST and gradual magnitude "
+        f"pruning, not {type(algorithm).__name__}."
+    )

@@ -1,0 +1,320 @@
+"""The training loop: one config in, a trained model, a metrics log, checkpoints and a report out.
+
+Every step runs one compiled function, ``train_step(params, model_state, opt_state, batch)``, with
+the first three arguments' buffers donated: the forward pass sees ``jsp.forward_params`` (the
+masked weights), the wrapper receives the dense gradient, and ``optax.apply_updates`` lands the
+parameters exactly on the masks. Evaluation is a second compiled function over the whole test
+split in fixed-size batches (the last one padded and weighted out, so it compiles once).
+
+A run is a pure function of its config: the model's init key and the mask key are split from
+``jax.random.key(seed)``, batch ``t`` is a pure function of ``(seed, t)``, and mask updates use
+``fold_in(key, t)``. So a run resumed from any checkpoint finishes bit-identical to one that never
+stopped.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from tqdm.auto import tqdm
+
+import jaxsparse as jsp
+from jaxsparse.data import Dataset, eval_batches, load_dataset, train_batches
+from jaxsparse.inspection import inference_flops_ratio, layer_flops, training_flops_ratio
+from jaxsparse.masks import Masks, Params
+from jaxsparse.models import create_model
+from jaxsparse.training._build import make_algorithm, make_optimizer
+from jaxsparse.training._checkpoint import Checkpoints
+from jaxsparse.training._config import Config, ConfigError
+from jaxsparse.training._metrics import MetricsLog, mask_change
+from jaxsparse.training._plots import plot_run
+from jaxsparse.training._report import run_report
+
+__all__ = ["TrainResult", "train"]
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainResult:
+    """What :func:`train` returns.
+
+    Attributes:
+      config: the run's config (with ``out_dir`` filled in).
+      out_dir: the results folder.
+      params: the final parameters (sparse runs: exactly zero off the masks, except Top-KAST,
+        which stores weights densely and applies its forward masks in ``jsp.forward_params``).
+      model_state: the model's mutable collections (e.g. ``batch_stats``); empty if none.
+      opt_state: the optimizer state; a :class:`jaxsparse.SparsifyState` for sparse methods.
+      masks: the final forward masks (``None`` for dense training).
+      metrics: the rows of ``metrics.jsonl``, one per evaluation.
+      report: the contents of ``summary.json``.
+    """
+
+    config: Config
+    out_dir: Path
+    params: Params
+    model_state: dict[str, Any]
+    opt_state: optax.OptState
+    masks: Masks | None
+    metrics: list[dict[str, Any]]
+    report: dict[str, Any]
+
+    @property
+    def accuracy(self) -> float:
+        """The final test accuracy."""
+        return self.metrics[-1]["test_accuracy"]
+
+
+def _with_out_dir(config: Config) -> Config:
+    if config.out_dir is not None:
+        return config
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    return config.replace(out_dir=str(Path("runs") / f"{config.method}-{config.model}-{config.dataset}-{stamp}"))
+
+
+def _model_params(params: Params, opt_state: optax.OptState, sparse: bool) -> Params:
+    """The weights the model computes with: masked (``jsp.forward_params``) for sparse runs."""
+    return jsp.forward_params(params, opt_state) if sparse else params
+
+
+def _make_train_step(model: nn.Module, tx: optax.GradientTransformation, sparse: bool) -> Callable:
+    def loss_fn(params, model_state, batch):
+        logits, new_model_state = model.apply(
+            {"params": params, **model_state}, batch["inputs"], train=True, mutable=list(model_state)
+        )
+        loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch["labels"]).mean()
+        return loss, new_model_state
+
+    def train_step(params, model_state, opt_state, batch):
+        # The gradient with respect to the masked weights is the dense gradient RigL ranks by.
+        (loss, model_state), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+            _model_params(params, opt_state, sparse), model_state, batch
+        )
+        updates, opt_state = tx.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), model_state, opt_state, loss
+
+    return jax.jit(train_step, donate_argnums=(0, 1, 2))
+
+
+def _make_evaluate(model: nn.Module, dataset: Dataset, batch_size: int, sparse: bool) -> Callable:
+    batch_size = min(batch_size, len(dataset.test))
+
+    @jax.jit
+    def eval_step(params, model_state, opt_state, inputs, labels, weights):
+        logits = model.apply({"params": _model_params(params, opt_state, sparse), **model_state}, inputs, train=False)
+        losses = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+        correct = (jnp.argmax(logits, axis=-1) == labels).astype(jnp.float32)
+        return jnp.sum(losses * weights), jnp.sum(correct * weights)
+
+    def evaluate(params, model_state, opt_state) -> tuple[float, float]:
+        """Mean test loss and test accuracy over the whole test split."""
+        loss = correct = 0.0
+        for batch in eval_batches(dataset, batch_size=batch_size):
+            size = len(batch["labels"])
+            pad = [(0, batch_size - size)]
+            inputs = np.pad(batch["inputs"], pad + [(0, 0)] * (batch["inputs"].ndim - 1))
+            labels = np.pad(batch["labels"], pad)
+            weights = np.pad(np.ones(size, np.float32), pad)
+            batch_loss, batch_correct = eval_step(params, model_state, opt_state, inputs, labels, weights)
+            loss, correct = loss + batch_loss, correct + batch_correct
+        return float(loss) / len(dataset.test), float(correct) / len(dataset.test)
+
+    return evaluate
+
+
+def _host_masks(opt_state: optax.OptState, sparse: bool) -> Masks | None:
+    """A host copy of the forward masks: the device buffers are donated to the next step."""
+    return jax.tree.map(np.array, jsp.masks_of(opt_state)) if sparse else None
+
+
+def _initial_state(
+    model: nn.Module, dataset: Dataset, tx: optax.GradientTransformation, key: jax.Array, sparse: bool
+) -> dict[str, Any]:
+    """Everything a checkpoint holds, at step 0: parameters on their masks, accumulators at zero.
+
+    ``loss_sum`` is the sum of training losses since the last evaluation and ``eval_masks`` (sparse
+    runs) the masks at the last evaluation, from which the next row's mask change is measured.
+    """
+    init = jax.jit(functools.partial(model.init, train=False))
+    variables = dict(init(key, jnp.zeros((1, *dataset.input_shape), jnp.float32)))
+    params = variables.pop("params")
+    opt_state = jax.jit(tx.init)(params)
+    state = {"params": params, "model_state": variables, "opt_state": opt_state, "loss_sum": jnp.zeros(())}
+    if sparse:
+        if not isinstance(opt_state.masks, jsp.MaskPair):  # Top-KAST stores its weights densely
+            state["params"] = jsp.apply_masks(params, opt_state.masks)
+        state["eval_masks"] = _host_masks(opt_state, sparse)
+    return state
+
+
+def _check_resume(config: Config, record: dict[str, Any] | None, resume: bool) -> None:
+    if record is None:
+        return
+    if not resume:
+        raise ConfigError(
+            f"out_dir {config.out_dir!r} already holds a run (checkpointed at step {record['step']}): continue it "
+            f"with resume=True (jaxsparse train --resume {config.out_dir}), or choose another out_dir (--out)."
+        )
+    saved = Config.from_dict(record["config"])
+    different = config.mismatches(saved)
+    if different:
+        details = ", ".join(
+            f"{name} (checkpoint {getattr(saved, name)!r}, requested {getattr(config, name)!r})" for name in different
+        )
+        raise ConfigError(
+            f"cannot resume {config.out_dir!r}: these settings differ from the checkpointed run: {details}. Resume "
+            "with the run's own settings, or start a new run in another out_dir."
+        )
+
+
+def train(config: Config, *, resume: bool = False, progress: bool = True) -> TrainResult:
+    """Trains ``config.model`` on ``config.dataset`` with ``config.method`` and writes the results.
+
+    The results folder ``config.out_dir`` (default ``runs/<method>-<model>-<dataset>-<time>``)
+    receives ``config.json``, ``metrics.jsonl`` / ``metrics.csv`` (one row per evaluation: step,
+    train loss, test loss, test accuracy, sparsity, mask change, wall time), ``checkpoints/``,
+    ``summary.json`` (final accuracy, per-layer sparsity, FLOPs ratios, versions) and the plots
+    ``curves.png``, ``layer_sparsity.png`` and ``mask_change.png``.
+
+    Args:
+      config: the run's settings.
+      resume: continue from the newest checkpoint in ``config.out_dir`` if there is one (else start
+        afresh). The settings that define the trajectory must equal the checkpointed run's; where
+        results go and how often to evaluate or checkpoint may change. Without ``resume``, an
+        ``out_dir`` that already holds checkpoints is an error, so no run is overwritten.
+      progress: show a tqdm progress bar with the latest loss, accuracy and sparsity.
+
+    Returns:
+      The final state, metrics and report.
+
+    Raises:
+      ConfigError: ``out_dir`` holds a run and ``resume`` is false, or the settings differ from the
+        checkpointed run's (the message names the fields).
+    """
+    config = _with_out_dir(config)
+    out_dir = Path(config.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with Checkpoints(out_dir / "checkpoints", keep=config.keep_checkpoints) as checkpoints:
+        record = checkpoints.read_record()
+        _check_resume(config, record, resume)
+        config.save(out_dir / "config.json")
+
+        dataset = load_dataset(config.dataset, data_dir=config.data_dir)
+        model = create_model(config.model, num_classes=dataset.num_classes, input_shape=dataset.input_shape)
+        algorithm = make_algorithm(config)
+        sparse = algorithm is not None
+        init_key, mask_key = jax.random.split(jax.random.key(config.seed))
+        tx = jsp.sparsify(make_optimizer(config), algorithm, key=mask_key) if sparse else make_optimizer(config)
+        state = _initial_state(model, dataset, tx, init_key, sparse)
+        record = record or {"step": 0, "wall_time": 0.0, "last_eval_step": 0}
+        if record["step"]:
+            state, record = checkpoints.restore(state)
+        log = MetricsLog(out_dir, keep_until=record["step"] if record["step"] else None)
+
+        train_step = _make_train_step(model, tx, sparse)
+        evaluate = _make_evaluate(model, dataset, config.eval_batch_size, sparse)
+        batches = train_batches(dataset, batch_size=config.batch_size, seed=config.seed)
+        step, last_eval = record["step"], record["last_eval_step"]
+        started = time.perf_counter() - record["wall_time"]
+        bar = tqdm(total=config.steps, initial=step, desc=config.method, unit="step", disable=not progress)
+        while step < config.steps:
+            params, model_state, opt_state, loss = train_step(
+                state["params"], state["model_state"], state["opt_state"], batches[step]
+            )
+            state.update(params=params, model_state=model_state, opt_state=opt_state, loss_sum=state["loss_sum"] + loss)
+            step += 1
+            bar.update()
+            if step % config.eval_every == 0 or step == config.steps:
+                row = _evaluate_row(evaluate, state, step, last_eval, sparse, time.perf_counter() - started)
+                log.append(row)
+                bar.set_postfix(
+                    loss=f"{row['train_loss']:.3f}",
+                    acc=f"{row['test_accuracy']:.3f}",
+                    sparsity=f"{row['sparsity']:.3f}",
+                )
+                last_eval = step
+            if step % config.checkpoint_every == 0 or step == config.steps:
+                wall_time = time.perf_counter() - started
+                record = {"step": step, "config": config.to_dict(), "wall_time": wall_time, "last_eval_step": last_eval}
+                checkpoints.save(step, state, record)
+        bar.close()
+    return _finish(config, model, dataset, algorithm, state, log.rows, record["wall_time"])
+
+
+def _evaluate_row(
+    evaluate: Callable, state: dict[str, Any], step: int, last_eval: int, sparse: bool, wall_time: float
+) -> dict[str, Any]:
+    """Evaluates on the test split, returns the metrics row and resets the accumulators in ``state``."""
+    test_loss, accuracy = evaluate(state["params"], state["model_state"], state["opt_state"])
+    masks = _host_masks(state["opt_state"], sparse)
+    row = dict(
+        step=step,
+        train_loss=float(state["loss_sum"]) / (step - last_eval),
+        test_loss=test_loss,
+        test_accuracy=accuracy,
+        sparsity=jsp.total_sparsity(masks) if sparse else 0.0,
+        mask_change=mask_change(state["eval_masks"], masks) if sparse else 0.0,
+        wall_time=wall_time,
+    )
+    state["loss_sum"] = jnp.zeros(())
+    if sparse:
+        state["eval_masks"] = masks
+    return row
+
+
+def _finish(
+    config: Config,
+    model: nn.Module,
+    dataset: Dataset,
+    algorithm: jsp.SparseAlgorithm | None,
+    state: dict[str, Any],
+    rows: list[dict[str, Any]],
+    wall_time: float,
+) -> TrainResult:
+    """Writes ``summary.json`` and the plots, and returns the result."""
+    params, model_state, opt_state = state["params"], state["model_state"], state["opt_state"]
+    sparse = algorithm is not None
+    masks = _host_masks(opt_state, sparse)
+    inference_params = _model_params(params, opt_state, sparse)
+    stats_masks = masks if sparse else jax.tree.map(lambda _: None, params)
+    stats = jsp.layer_stats(inference_params, stats_masks)
+    report = run_report(
+        config,
+        rows=rows,
+        stats=stats,
+        table=jsp.summary(inference_params, stats_masks),
+        flops=_flops(config, model, dataset, params, model_state, opt_state, algorithm),
+        wall_time=wall_time,
+    )
+    out_dir = Path(config.out_dir)
+    (out_dir / "summary.json").write_text(json.dumps(report, indent=2) + "\n")
+    plot_run(rows, stats, out_dir)
+    return TrainResult(config, out_dir, params, model_state, opt_state, masks, list(rows), report)
+
+
+def _flops(
+    config: Config, model: nn.Module, dataset: Dataset, params, model_state, opt_state, algorithm
+) -> dict[str, float]:
+    """Dense FLOPs of one example's forward pass, and the run's inference and training FLOPs ratios to dense."""
+    dense = layer_flops(
+        lambda p, x: model.apply({"params": p, **model_state}, x, train=False),
+        params,
+        jnp.zeros((1, *dataset.input_shape), jnp.float32),
+    )
+    if algorithm is None:
+        return {"dense_forward_flops": float(sum(dense.values())), "inference_ratio": 1.0, "training_ratio": 1.0}
+    return {
+        "dense_forward_flops": float(sum(dense.values())),
+        "inference_ratio": inference_flops_ratio(dense, opt_state),
+        "training_ratio": training_flops_ratio(algorithm, dense, opt_state, total_steps=config.steps),
+    }

@@ -1,0 +1,96 @@
+"""The final report of a run (``summary.json``): accuracy, sparsity per layer, FLOPs, provenance."""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.metadata
+import platform
+import subprocess
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import jax
+
+import jaxsparse as jsp
+from jaxsparse.inspection import LayerStats
+from jaxsparse.training._config import Config
+
+__all__ = ["git_commit", "run_report", "versions"]
+
+_DISTRIBUTIONS = ("jaxsparse", "jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "grain", "numpy")
+
+
+def versions() -> dict[str, str | None]:
+    """Python's and the installed versions of the packages a run depends on (``None``: not installed)."""
+    found: dict[str, str | None] = {"python": platform.python_version()}
+    for name in _DISTRIBUTIONS:
+        try:
+            found[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            found[name] = None
+    return found
+
+
+def git_commit() -> str | None:
+    """The commit of the jaxsparse source tree, with ``+dirty`` if it has uncommitted changes.
+
+    ``None`` when jaxsparse is not running from a git checkout (e.g. installed from a wheel) or
+    git is unavailable.
+    """
+    source = Path(jsp.__file__).resolve().parent
+    try:
+        head = subprocess.run(
+            ["git", "-C", str(source), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10
+        )
+        if head.returncode != 0:
+            return None
+        status = subprocess.run(
+            ["git", "-C", str(source), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return head.stdout.strip() + ("+dirty" if status.stdout.strip() else "")
+
+
+def run_report(
+    config: Config,
+    *,
+    rows: Sequence[dict[str, Any]],
+    stats: Sequence[LayerStats],
+    table: str,
+    flops: dict[str, float],
+    wall_time: float,
+) -> dict[str, Any]:
+    """The contents of ``summary.json``.
+
+    Args:
+      config: the run's settings.
+      rows: the metrics rows, one per evaluation.
+      stats: the final per-leaf statistics of the weights used at inference.
+      table: ``jsp.summary``'s table of the same.
+      flops: dense FLOPs and the inference and training FLOPs ratios vs dense.
+      wall_time: seconds of training.
+
+    Returns:
+      A JSON-serialisable dict: the final metrics row, the best test accuracy, the total and
+      per-layer sparsity, the FLOPs, wall time, versions, git commit and device.
+    """
+    sparsified = [s for s in stats if s.sparsified]
+    size = sum(s.size for s in sparsified)
+    return {
+        "config": config.to_dict(),
+        "final": dict(rows[-1]),
+        "best_test_accuracy": max(row["test_accuracy"] for row in rows),
+        "sparsity": 1.0 - sum(s.active for s in sparsified) / size if size else 0.0,
+        "layers": [{**dataclasses.asdict(s), "shape": list(s.shape), "sparsity": s.sparsity} for s in stats],
+        "summary_table": table,
+        "flops": flops,
+        "wall_time": wall_time,
+        "versions": versions(),
+        "git_commit": git_commit(),
+        "device": f"{jax.default_backend()}: {jax.devices()[0].device_kind} x {jax.device_count()}",
+    }
