@@ -1,6 +1,6 @@
 """Theoretical FLOPs of sparse inference and sparse training, relative to the dense model.
 
-We follow the accounting of the RigL paper (Evci et al. 2020, Section 4 and Appendix H). Only the
+We follow the FLOPs accounting of the RigL paper (Evci et al. 2020). Only the
 multiply-adds of layers with weights count; element-wise operations, normalisation and the loss
 are ignored, as is the cost of choosing masks. A multiply-add counts as **2 FLOPs** (the ratios do
 not depend on this convention). With ``f_{D,l}`` the dense FLOPs of layer ``l`` on one batch and
@@ -17,7 +17,7 @@ masked weights.
 
 References:
   Evci, Gale, Menick, Castro, Elsen, "Rigging the Lottery: Making All Tickets Winners", ICML 2020,
-  Section 4 and Appendix H.
+  (its FLOPs accounting of inference and training).
   Jayakumar, Pascanu, Rae, Osindero, Elsen, "Top-KAST: Top-K Always Sparse Training", NeurIPS 2020.
   Zhu & Gupta, "To prune, or not to prune: exploring the efficacy of pruning for model
   compression", 2017.
@@ -223,7 +223,7 @@ def inference_flops_ratio(dense_flops: Mapping[str, int], state_or_masks: Sparsi
         \\frac{f_S}{f_D} = \\frac{\\sum_l d_l\\, f_{D,l}}{\\sum_l f_{D,l}}
 
     with ``d_l`` the density of layer ``l``'s forward mask (Top-KAST: the set ``A``); dense leaves
-    count at density 1 (Evci et al. 2020, Appendix H).
+    count at density 1 (Evci et al. 2020).
 
     Args:
       dense_flops: per-layer dense FLOPs, from :func:`layer_flops`.
@@ -268,7 +268,7 @@ def training_flops_ratio(
     """Training FLOPs of ``total_steps`` steps of ``algorithm`` relative to dense training.
 
     Dense training costs ``3 f_D`` per step. Per step, with ``f_S`` the sparse forward FLOPs of the
-    masks (Evci et al. 2020, Appendix H):
+    masks (Evci et al. 2020):
 
     * **static** and **SET**: ``3 f_S`` (choosing masks needs no gradient);
     * **RigL**: ``3 f_S`` on normal steps and ``2 f_S + f_D`` on mask-update steps, whose weight
