@@ -4,6 +4,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+import jaxsparse as jsp
+
 
 def make_mlp(key: jax.Array, sizes: tuple[int, ...], dtype=jnp.float32) -> dict:
     """A dict MLP ``{"layer_i": {"kernel", "bias"}}`` with LeCun-normal kernels."""
@@ -30,3 +32,14 @@ def mlp_loss(params: dict, batch: tuple[jax.Array, jax.Array]) -> jax.Array:
 def make_batch(key: jax.Array, n: int, n_in: int, n_classes: int) -> tuple[jax.Array, jax.Array]:
     kx, ky = jax.random.split(key)
     return jax.random.normal(kx, (n, n_in)), jax.random.randint(ky, (n,), 0, n_classes)
+
+
+def make_train_step(tx: optax.GradientTransformationExtraArgs):
+    """The documented sparse train step for :func:`mlp_loss` (not jitted: wrap it as the test needs)."""
+
+    def step(params, state, batch):
+        grads = jax.grad(mlp_loss)(jsp.forward_params(params, state), batch)
+        updates, state = tx.update(grads, state, params)
+        return optax.apply_updates(params, updates), state
+
+    return step

@@ -19,7 +19,7 @@ from jax.sharding import PartitionSpec as P
 
 import jaxsparse as jsp
 from jaxsparse.distributed import assert_replicas_equal, replicas_agree, replicate, state_shardings, unreplicate
-from tests.helpers import make_batch, make_mlp, mlp_loss
+from tests.helpers import make_batch, make_mlp, make_train_step, mlp_loss
 
 SIZES = (24, 64, 32, 8)
 GLOBAL_BATCH = 32
@@ -48,15 +48,6 @@ def _tx(algorithm):
     return jsp.sparsify(optax.sgd(0.2, momentum=0.9), algorithm, key=jax.random.key(7))
 
 
-def _step(tx):
-    def step(params, state, batch):
-        grads = jax.grad(mlp_loss)(jsp.forward_params(params, state), batch)
-        updates, state = tx.update(grads, state, params)
-        return optax.apply_updates(params, updates), state
-
-    return step
-
-
 @functools.cache
 def _single_device_run(name):
     """The reference: the same training on one device, with the whole batch."""
@@ -65,7 +56,7 @@ def _single_device_run(name):
     params = make_mlp(jax.random.key(0), SIZES)
     state = tx.init(params)
     params = jsp.apply_masks(params, jsp.masks_of(state))
-    step = jax.jit(_step(tx))
+    step = jax.jit(make_train_step(tx))
     for batch in _batches():
         params, state = step(params, state, batch)
     return params, state
@@ -159,9 +150,8 @@ def _sharded_run(algorithm, specs, axis_type):
         shardings = state_shardings(jax.eval_shape(tx.init, params), params, param_shardings)
         state = jax.jit(tx.init, out_shardings=shardings)(params)
         params = jax.jit(jsp.apply_masks, out_shardings=param_shardings)(params, jsp.masks_of(state))
-        step = jax.jit(
-            chex.assert_max_traces(_step(tx), n=1), out_shardings=(param_shardings, shardings), donate_argnums=(0, 1)
-        )
+        step = chex.assert_max_traces(make_train_step(tx), n=1)
+        step = jax.jit(step, out_shardings=(param_shardings, shardings), donate_argnums=(0, 1))
         compiled = step.lower(params, state, jax.device_put(_batches()[0], batch_sharding)).compile().as_text()
         for batch in _batches():
             params, state = step(params, state, jax.device_put(batch, batch_sharding))
@@ -223,7 +213,7 @@ def test_explicit_axes_keep_the_param_sharding_in_every_type():
         params = jax.device_put(make_mlp(jax.random.key(0), SIZES), param_shardings)
         state = jax.jit(tx.init)(params)  # no out_shardings: the types carry them
         expected = state_shardings(state, params, specs)
-        step = jax.jit(_step(tx))
+        step = jax.jit(make_train_step(tx))
         for batch in _batches():
             batch = jax.device_put(batch, (NamedSharding(mesh, P("data", None)), NamedSharding(mesh, P("data"))))
             params, state = step(params, state, batch)

@@ -8,16 +8,7 @@ import optax
 import pytest
 
 import jaxsparse as jsp
-from tests.helpers import make_batch, make_mlp, mlp_loss
-
-
-def _train_step(tx):
-    def step(params, state, batch):
-        grads = jax.grad(mlp_loss)(jsp.forward_params(params, state), batch)
-        updates, state = tx.update(grads, state, params)
-        return optax.apply_updates(params, updates), state
-
-    return step
+from tests.helpers import make_batch, make_mlp, make_train_step, mlp_loss
 
 
 def _kernels(tree):
@@ -29,7 +20,7 @@ def test_first_update_is_step_zero_and_updates_masks(mlp, batch):
     state = tx.init(mlp)
     params = jsp.apply_masks(mlp, jsp.masks_of(state))
     before = jsp.masks_of(state)
-    params, state = jax.jit(_train_step(tx))(params, state, batch)
+    params, state = jax.jit(make_train_step(tx))(params, state, batch)
     assert int(state.step) == 1
     assert any(
         bool((a != b).any()) for a, b in zip(jax.tree.leaves(before), jax.tree.leaves(jsp.masks_of(state)), strict=True)
@@ -40,7 +31,7 @@ def test_no_retracing_across_normal_and_mask_update_steps(mlp, batch):
     tx = jsp.sparsify(optax.adam(1e-2), jsp.rigl(0.8, update_every=2, end_step=100), key=jax.random.key(0))
     state = tx.init(mlp)
     params = jsp.apply_masks(mlp, jsp.masks_of(state))
-    step = jax.jit(chex.assert_max_traces(_train_step(tx), n=1))
+    step = jax.jit(chex.assert_max_traces(make_train_step(tx), n=1))
     for _ in range(5):  # steps 0 (update), 1, 2 (update), 3, 4 (update)
         params, state = step(params, state, batch)
     assert step._cache_size() == 1
@@ -52,7 +43,7 @@ def test_skip_optimizer_on_update_option(mlp, batch, skip):
     tx = jsp.sparsify(optax.sgd(0.1), algo, key=jax.random.key(0))
     state = tx.init(mlp)
     params = jsp.apply_masks(mlp, jsp.masks_of(state))
-    step = jax.jit(_train_step(tx))
+    step = jax.jit(make_train_step(tx))
     for _ in range(3):
         params, state = step(params, state, batch)
     old_masks = jsp.masks_of(state)
@@ -71,7 +62,7 @@ def test_grown_weights_use_grow_init_and_fresh_moments(mlp, batch):
     tx = jsp.sparsify(optax.sgd(0.1, momentum=0.9), algo, key=jax.random.key(0))
     state = tx.init(mlp)
     params = jsp.apply_masks(mlp, jsp.masks_of(state))
-    step = jax.jit(_train_step(tx))
+    step = jax.jit(make_train_step(tx))
     for _ in range(4):
         params, state = step(params, state, batch)
     old_masks, old_trace = jsp.masks_of(state), state.inner_state[0].trace
@@ -94,7 +85,7 @@ def test_weight_decay_never_revives_pruned_weights(mlp, batch):
     tx = jsp.sparsify(optax.adamw(1e-2, weight_decay=0.5), jsp.static(0.9), key=jax.random.key(0))
     state = tx.init(mlp)  # params deliberately NOT projected: the first update projects them
     params = mlp
-    step = jax.jit(_train_step(tx))
+    step = jax.jit(make_train_step(tx))
     for _ in range(3):
         params, state = step(params, state, batch)
         for p, m in zip(_kernels(params), _kernels(jsp.masks_of(state)), strict=True):
@@ -111,7 +102,7 @@ def test_top_kast_trains_only_b_and_keeps_storage(mlp, batch):
     forward = jsp.forward_params(mlp, state)
     for p, a in zip(_kernels(forward), _kernels(state.masks.forward), strict=True):
         assert float(jnp.abs(p[~a]).max()) == 0.0
-    params, state = jax.jit(_train_step(tx))(mlp, state, batch)
+    params, state = jax.jit(make_train_step(tx))(mlp, state, batch)
     for new, old, b in zip(_kernels(params), _kernels(mlp), _kernels(state.masks.backward), strict=True):
         np.testing.assert_array_equal(np.asarray(new[~b]), np.asarray(old[~b]))
         assert bool((new[b] != old[b]).any())
@@ -174,7 +165,7 @@ def test_same_key_same_run_and_masks_identical_when_replayed(mlp):
         tx = jsp.sparsify(optax.adam(1e-2), jsp.set_(0.8, update_every=2, end_step=100), key=key)
         state = tx.init(mlp)
         params = jsp.apply_masks(mlp, jsp.masks_of(state))
-        step = jax.jit(_train_step(tx))
+        step = jax.jit(make_train_step(tx))
         for i in range(6):
             params, state = step(params, state, make_batch(jax.random.key(i), 16, 12, 4))
         return params, jsp.masks_of(state)

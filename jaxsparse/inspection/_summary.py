@@ -92,7 +92,7 @@ def summary(params: Params, state_or_masks: SparsifyState | Masks | MaskPair) ->
     def total(rows: list[LayerStats], name: str) -> list[str]:
         size, active = sum(r.size for r in rows), sum(r.active for r in rows)
         nonzero = sum(r.nonzero for r in rows)
-        return [name, "", str(size), str(active), str(nonzero), f"{100 * (1 - active / max(size, 1)):.2f}%"]
+        return [name, "", str(size), str(active), str(nonzero), f"{100 * (1 - active / size):.2f}%" if size else "-"]
 
     rows = [["layer", "shape", "size", "active", "nonzero", "sparsity"]]
     rows += [
@@ -106,7 +106,9 @@ def summary(params: Params, state_or_masks: SparsifyState | Masks | MaskPair) ->
         ]
         for s in stats
     ]
-    rows.append(total([s for s in stats if s.sparsified], "sparsified"))
+    sparsified = [s for s in stats if s.sparsified]
+    if sparsified:  # a dense model has no sparsified total to report
+        rows.append(total(sparsified, "sparsified"))
     rows.append(total(stats, "all"))
     widths = [max(len(row[c]) for row in rows) for c in range(len(rows[0]))]
     lines = []
