@@ -226,7 +226,7 @@ def test_bad_arguments_are_rejected():
         training_flops_ratio(jsp.static(0.9), DENSE, masks, total_steps=0)
 
     class Custom(jsp.SparseAlgorithm):
-        pass
+        """An algorithm the FLOPs accounting has never heard of."""
 
     with pytest.raises(TypeError, match="Custom"):
         training_flops_ratio(Custom(layout=jsp.SparsityLayout(0.9)), DENSE, masks, total_steps=10)
