@@ -92,6 +92,19 @@ def main(argv=None) -> int:
     return 0
 
 
+def wait_if_cpu(tree) -> None:
+    """On CPU, waits for the step that produces ``tree``; elsewhere returns at once.
+
+    With 8 simulated CPU devices on 2 cores and all 600 steps dispatched ahead, XLA's CPU client
+    deadlocked in an all-reduce (its participants share one thread pool; most likely the pool ran
+    out). Waiting for each step avoided it in every mode. GPUs and TPUs keep dispatching ahead.
+    """
+    import jax
+
+    if jax.default_backend() == "cpu":
+        jax.block_until_ready(tree)
+
+
 def _train(args: argparse.Namespace) -> dict:
     import jax
     import jax.numpy as jnp
@@ -136,6 +149,7 @@ def _train(args: argparse.Namespace) -> dict:
         for t in range(args.steps):
             batch = jax.tree.map(lambda x: x.reshape(n, -1, *x.shape[1:]), batches[t])
             params, state = step(params, state, batch)
+            wait_if_cpu(params)
         assert_replicas_equal((params, state), stacked=True, name="(params, state)")
         params, state = unreplicate(params), unreplicate(state)
     else:
@@ -165,6 +179,7 @@ def _train(args: argparse.Namespace) -> dict:
             local = jax.tree.map(lambda x: x[jax.process_index() * rows : (jax.process_index() + 1) * rows], batches[t])
             batch = jax.tree.map(lambda x: jax.make_array_from_process_local_data(batch_sharding, x), local)
             params, state = step(params, state, batch)
+            wait_if_cpu(params)
         assert_replicas_equal((params, state), name="(params, state)")
         # Evaluate with a fully replicated copy (small here); a large model would evaluate sharded.
         params, state = jax.jit(lambda tree: tree, out_shardings=NamedSharding(mesh, P()))((params, state))
