@@ -221,3 +221,10 @@ def test_explicit_axes_keep_the_param_sharding_in_every_type():
             assert leaf.sharding.is_equivalent_to(NamedSharding(mesh, spec), leaf.ndim)
     _check_sparse(params, state, algorithm)
     _assert_same_run(params, state, *_single_device_run(name))
+
+
+def test_state_shardings_rejects_a_tree_unlike_the_params():
+    params = {"w": jnp.ones((8, 4)), "b": jnp.zeros(4)}
+    tx = _tx(jsp.static(0.5))
+    with pytest.raises(ValueError, match="param_shardings does not match params"):
+        state_shardings(jax.eval_shape(tx.init, params), params, {"w": P("model")})

@@ -92,3 +92,10 @@ def test_layout_options_accept_lists_and_stay_hashable():
     layout = SparsityLayout(0.5, keep_dense=["embed"], layer_sparsity={"w": 0.2})
     assert layout.keep_dense == ("embed",) and layout.layer_sparsity == (("w", 0.2),)
     assert hash(layout) == hash(SparsityLayout(0.5, keep_dense=("embed",), layer_sparsity={"w": 0.2}))
+
+
+def test_default_filter_keeps_biases_dense_even_at_rank_two():
+    # flax attention stores its biases as (heads, head_dim): rank 2, but still a bias.
+    params = {"attention": {"query": {"kernel": jnp.ones((8, 2, 4)), "bias": jnp.ones((2, 4))}}, "norm": jnp.ones(8)}
+    plans = {plan.name: plan for plan in SparsityLayout(sparsity=0.5).plan(params) if plan is not None}
+    assert set(plans) == {"attention/query/kernel"}

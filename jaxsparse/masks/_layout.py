@@ -5,8 +5,8 @@ Python, when masks are created or an update is traced. It never depends on value
 under ``jit`` and identical on every device and host.
 
 Leaves are named by their key path joined with ``/`` (``"params/Dense_0/kernel"``). The default
-filter sparsifies every leaf of rank >= 2 not named ``bias`` (kernels), so biases and normalisation scales stay dense,
-as in the RigL reference. Patterns are regular expressions matched with :func:`re.search`.
+filter sparsifies every leaf of rank >= 2 not named ``bias`` (kernels), so biases and normalisation
+scales stay dense, as in the RigL reference. Patterns are regular expressions matched with :func:`re.search`.
 """
 
 from __future__ import annotations
