@@ -64,6 +64,14 @@ def test_precedence_defaults_file_flags(tmp_path):
     assert config.batch_size == Config().batch_size
 
 
+def test_boolean_settings_are_switches(tmp_path):
+    assert _parse("--dense-first-layer").dense_first_layer is True
+    file = tmp_path / "run.toml"
+    file.write_text("dense_first_layer = true\n")
+    assert _parse("--config", str(file), "--no-dense-first-layer").dense_first_layer is False
+    assert _parse().dense_first_layer is False
+
+
 def test_resume_starts_from_the_saved_settings(tmp_path):
     Config(method="static", sparsity=0.5, steps=100, out_dir="somewhere/else").save(tmp_path / "config.json")
     config = _parse("--resume", str(tmp_path), "--eval-every", "7")

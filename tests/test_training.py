@@ -109,9 +109,11 @@ def test_mismatches_ignore_bookkeeping_fields():
     "method, kind", [("static", "static"), ("set", "set"), ("rigl", "rigl"), ("gradual_magnitude", "gradual_magnitude")]
 )
 def test_make_algorithm(method, kind):
-    algorithm = make_algorithm(Config(method=method, steps=200, update_every=20, distribution="uniform"))
+    algorithm = make_algorithm(
+        Config(method=method, steps=200, update_every=20, distribution="uniform", dense_first_layer=True)
+    )
     assert algorithm.name == kind
-    assert algorithm.layout.distribution == "uniform"
+    assert (algorithm.layout.distribution, algorithm.layout.dense_first_layer) == ("uniform", True)
     if method != "static":
         assert (algorithm.schedule.update_every, algorithm.schedule.end_step) == (20, 150)
 

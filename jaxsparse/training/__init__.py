@@ -15,7 +15,7 @@ from jaxsparse.training._cache import compilation_cache
 from jaxsparse.training._checkpoint import Checkpoints
 from jaxsparse.training._cli import build_parser, main
 from jaxsparse.training._config import LR_SCHEDULES, METHODS, OPTIMIZERS, Config, ConfigError, read_settings
-from jaxsparse.training._loop import TrainResult, train
+from jaxsparse.training._loop import TrainResult, make_train_step, train
 from jaxsparse.training._metrics import COLUMNS, MetricsLog, mask_change
 from jaxsparse.training._plots import plot_run
 from jaxsparse.training._report import git_commit, run_report, versions
@@ -37,6 +37,7 @@ __all__ = [
     "main",
     "make_algorithm",
     "make_optimizer",
+    "make_train_step",
     "mask_change",
     "plot_run",
     "read_settings",

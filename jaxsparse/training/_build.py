@@ -26,7 +26,7 @@ def make_algorithm(config: Config) -> jsp.SparseAlgorithm | None:
       >>> make_algorithm(Config(method="rigl", steps=1000)).schedule.end_step
       750
     """
-    common = dict(distribution=config.distribution)
+    common = dict(distribution=config.distribution, dense_first_layer=config.dense_first_layer)
     schedule = dict(update_every=config.update_every, begin_step=config.begin_step, end_step=config.mask_end_step)
     drop = dict(drop_fraction=config.drop_fraction)
     builders = {

@@ -68,6 +68,12 @@ def build_parser() -> argparse.ArgumentParser:
     for field in dataclasses.fields(Config):
         flags = [f"--{field.name.replace('_', '-')}", *_ALIASES.get(field.name, [])]
         kind = base_type(hints[field.name])
+        help_text = field.metadata["help"] + ("" if field.default is None else f" (default: {field.default})")
+        if kind is bool:
+            settings.add_argument(
+                *flags, dest=field.name, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=help_text
+            )
+            continue
         settings.add_argument(
             *flags,
             dest=field.name,
@@ -75,7 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
             choices=CHOICES.get(field.name),
             # SUPPRESS: an absent flag leaves the file's (or saved run's) value alone.
             default=argparse.SUPPRESS,
-            help=field.metadata["help"] + ("" if field.default is None else f" (default: {field.default})"),
+            help=help_text,
             metavar=None if field.name in CHOICES else "DIR" if field.name.endswith("_dir") else kind.__name__.upper(),
         )
     return parser

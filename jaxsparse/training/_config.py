@@ -103,6 +103,9 @@ class Config:
     clip_norm: float = _field(1.0, "clip gradients to this global norm (0 disables clipping)")
     update_every: int = _field(50, "steps between mask updates (set, rigl, top_kast, gradual_magnitude)")
     drop_fraction: float = _field(0.3, "fraction of active weights dropped and regrown per update (set, rigl)")
+    dense_first_layer: bool = _field(
+        False, "keep the first sparsifiable layer dense (RigL's uniform distribution does, Evci et al. 2020)"
+    )
     begin_step: int = _field(0, "first step that may update masks")
     end_step: int | None = _field(None, "last step that may update masks (default: 75%% of --steps)")
     backward_sparsity: float | None = _field(

@@ -41,7 +41,7 @@ from jaxsparse.training._metrics import MetricsLog, mask_change
 from jaxsparse.training._plots import plot_run
 from jaxsparse.training._report import run_report
 
-__all__ = ["TrainResult", "train"]
+__all__ = ["TrainResult", "make_train_step", "train"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -87,7 +87,22 @@ def _model_params(params: Params, opt_state: optax.OptState, sparse: bool) -> Pa
     return jsp.forward_params(params, opt_state) if sparse else params
 
 
-def _make_train_step(model: nn.Module, tx: optax.GradientTransformation, sparse: bool) -> Callable:
+def make_train_step(model: nn.Module, tx: optax.GradientTransformation, sparse: bool) -> Callable:
+    """The jitted step :func:`train` runs: ``(params, model_state, opt_state, batch) -> (..., loss)``.
+
+    Softmax cross-entropy of ``model`` on ``batch = {"inputs", "labels"}``. Sparse steps differentiate
+    at ``jsp.forward_params(params, opt_state)`` (the masked weights; the gradient there is the dense
+    gradient RigL ranks by) and pass it to ``tx``, a ``jsp.sparsify``-wrapped optimizer; dense steps
+    use ``tx`` as it is. ``model_state`` holds mutable collections such as ``batch_stats`` (``{}`` if
+    none). The buffers of ``params``, ``model_state`` and ``opt_state`` are donated.
+
+    Example:
+      >>> import optax
+      >>> from jaxsparse.models import create_model
+      >>> model = create_model("mlp", num_classes=3, input_shape=(4,))
+      >>> step = make_train_step(model, optax.sgd(0.1), sparse=False)
+    """
+
     def loss_fn(params, model_state, batch):
         logits, new_model_state = model.apply(
             {"params": params, **model_state}, batch["inputs"], train=True, mutable=list(model_state)
@@ -221,7 +236,7 @@ def train(config: Config, *, resume: bool = False, progress: bool = True) -> Tra
             state, record = checkpoints.restore(state)
         log = MetricsLog(out_dir, keep_until=record["step"] if record["step"] else None)
 
-        train_step = _make_train_step(model, tx, sparse)
+        train_step = make_train_step(model, tx, sparse)
         evaluate = _make_evaluate(model, dataset, config.eval_batch_size, sparse)
         batches = train_batches(dataset, batch_size=config.batch_size, seed=config.seed)
         step, last_eval = record["step"], record["last_eval_step"]

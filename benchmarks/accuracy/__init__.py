@@ -1,0 +1,1 @@
+"""Accuracy benchmarks: every method at several sparsities, distributions and seeds."""

@@ -1,0 +1,398 @@
+"""Test accuracy of every method at several sparsities, distributions and seeds (mean ± std).
+
+Every run is one ``jaxsparse.training.train`` call, the same code path as ``jaxsparse train``:
+AdamW with cosine decay, gradient clipping and weight decay (the harness defaults), mask updates
+every 50 steps until 75% of training, Top-KAST's backward set twice as dense as its forward set,
+gradual magnitude pruning ramping from dense to the target sparsity over the same steps (Zhu &
+Gupta 2017's cubic schedule). The reported accuracy is the test accuracy after the last step: no
+checkpoint is picked by its test score.
+
+* methods: dense, static (random masks, fixed), SET, RigL, Top-KAST, gradual magnitude;
+* sparsities 80/90/95/98% of the sparsified kernels; distributions ``uniform`` (with the first
+  layer kept dense, as in Evci et al. 2020) and ``erk``;
+* data sets that need no download: ``digits`` (scikit-learn, an MLP) and ``mnist1d`` (generated,
+  LeNet-5); ``mnist``, ``fashion_mnist`` and ``cifar10`` are run when prepared for TFDS (see
+  ``jaxsparse.data``) and otherwise skipped with the command that prepares them.
+
+Runs are appended to ``<out>.csv`` as they finish and skipped when the file already holds them, so
+an interrupted sweep resumes where it stopped. ``--jobs N`` trains N runs at a time in separate
+processes sharing one XLA compilation cache. The summary (``<out>.json``, ``<out>.md`` and
+``<out>.png``) reports mean ± sample std over seeds and checks the orderings the literature reports
+at high sparsity (dynamic sparse training above static random masks, gradual magnitude pruning
+strong), without asserting them.
+
+Rerun from the repository root::
+
+    python -m benchmarks.accuracy.sweep --jobs 2          # digits + MNIST-1D, 3 seeds: ~40 min on 2 cores
+    python -m benchmarks.accuracy.sweep --quick           # one tiny run per method: seconds (CI)
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import itertools
+import multiprocessing
+import statistics
+import tempfile
+from collections.abc import Iterable, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from benchmarks.common import RESULTS, argument_parser, output_path, write_results
+
+SPARSE_METHODS = ("static", "set", "rigl", "top_kast", "gradual_magnitude")
+DYNAMIC = ("set", "rigl", "top_kast")
+SPARSITIES = (0.8, 0.9, 0.95, 0.98)
+DISTRIBUTIONS = ("uniform", "erk")
+DATASET_SETTINGS: dict[str, dict[str, Any]] = {
+    "digits": {"model": "mlp", "steps": 1000},
+    "mnist1d": {"model": "lenet5", "steps": 3000},
+    "mnist": {"model": "lenet300_100", "steps": 6000},
+    "fashion_mnist": {"model": "lenet5", "steps": 6000},
+    "cifar10": {"model": "resnet20", "steps": 30000},
+}
+QUICK_STEPS = 20
+QUICK_UPDATE_EVERY = 5
+COLUMNS = (
+    "dataset",
+    "model",
+    "steps",
+    "update_every",
+    "method",
+    "distribution",
+    "sparsity",
+    "seed",
+    "accuracy",
+    "test_loss",
+    "measured_sparsity",
+    "training_flops_ratio",
+    "inference_flops_ratio",
+    "wall_time_s",
+    "git_commit",
+)
+KEY = COLUMNS[:8]
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+    """One training run of the sweep (dense runs have distribution ``"-"`` and sparsity 0)."""
+
+    dataset: str
+    model: str
+    steps: int
+    update_every: int
+    method: str
+    distribution: str
+    sparsity: float
+    seed: int
+
+    def key(self) -> tuple[str, ...]:
+        return tuple(str(getattr(self, name)) for name in KEY)
+
+
+def plan(
+    datasets: Sequence[str],
+    methods: Sequence[str],
+    sparsities: Sequence[float],
+    distributions: Sequence[str],
+    seeds: int,
+    steps: int | None,
+    update_every: int,
+) -> list[Run]:
+    """Every run of the sweep: dense once per data set and seed, each sparse method on the full grid."""
+    runs = []
+    for dataset in datasets:
+        settings = DATASET_SETTINGS[dataset]
+        common = dict(
+            dataset=dataset, model=settings["model"], steps=steps or settings["steps"], update_every=update_every
+        )
+        for seed in range(seeds):
+            if "dense" in methods:
+                runs.append(Run(**common, method="dense", distribution="-", sparsity=0.0, seed=seed))
+            for method, distribution, sparsity in itertools.product(
+                [m for m in methods if m != "dense"], distributions, sparsities
+            ):
+                runs.append(Run(**common, method=method, distribution=distribution, sparsity=sparsity, seed=seed))
+    return runs
+
+
+def train_one(run: Run, cache_dir: str) -> dict[str, Any]:
+    """Trains ``run`` with the harness (results folder in a temporary directory) and returns its CSV row."""
+    from jaxsparse.training import Config, compilation_cache, train
+
+    config = Config(
+        method=run.method,
+        sparsity=run.sparsity,
+        distribution="erk" if run.distribution == "-" else run.distribution,
+        dense_first_layer=run.distribution == "uniform",
+        dataset=run.dataset,
+        model=run.model,
+        steps=run.steps,
+        update_every=run.update_every,
+        seed=run.seed,
+        eval_every=run.steps,
+        checkpoint_every=run.steps,
+        keep_checkpoints=1,
+    )
+    with tempfile.TemporaryDirectory() as out_dir, compilation_cache(cache_dir):
+        result = train(config.replace(out_dir=out_dir), progress=False)
+    last = result.metrics[-1]
+    if abs(last["sparsity"] - run.sparsity) > 0.01:
+        raise RuntimeError(f"{run} ended at sparsity {last['sparsity']:.4f}, not {run.sparsity}: check the schedule")
+    return {
+        **dataclasses.asdict(run),
+        "accuracy": result.accuracy,
+        "test_loss": last["test_loss"],
+        "measured_sparsity": last["sparsity"],
+        "training_flops_ratio": result.report["flops"]["training_ratio"],
+        "inference_flops_ratio": result.report["flops"]["inference_ratio"],
+        "wall_time_s": result.report["wall_time"],
+        "git_commit": result.report["git_commit"],
+    }
+
+
+def read_rows(path: Path) -> list[dict[str, Any]]:
+    """The finished runs in ``path`` (none if it does not exist), numbers parsed."""
+    if not path.exists():
+        return []
+    with path.open(newline="") as file:
+        rows = list(csv.DictReader(file))
+    numeric = {
+        "steps": int,
+        "update_every": int,
+        "seed": int,
+        "sparsity": float,
+        "accuracy": float,
+        "test_loss": float,
+        "measured_sparsity": float,
+        "training_flops_ratio": float,
+        "inference_flops_ratio": float,
+        "wall_time_s": float,
+    }
+    return [{name: numeric.get(name, str)(value) for name, value in row.items()} for row in rows]
+
+
+def append_row(path: Path, row: dict[str, Any]) -> None:
+    new = not path.exists()
+    with path.open("a", newline="") as file:
+        writer = csv.DictWriter(file, fieldnames=COLUMNS)
+        if new:
+            writer.writeheader()
+        writer.writerow({name: row[name] for name in COLUMNS})
+
+
+def run_all(runs: Sequence[Run], csv_path: Path, jobs: int, cache_dir: Path) -> list[dict[str, Any]]:
+    """Trains the runs ``csv_path`` does not hold yet, appending each row as it finishes."""
+    done = {tuple(str(row[name]) for name in KEY) for row in read_rows(csv_path)}
+    todo = [run for run in runs if run.key() not in done]
+    print(f"{len(runs)} runs, {len(runs) - len(todo)} already in {csv_path}, {len(todo)} to train", flush=True)
+    context = multiprocessing.get_context("spawn")  # JAX is not fork-safe
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=context) as pool:
+        futures = [pool.submit(train_one, run, str(cache_dir)) for run in todo]
+        for index, future in enumerate(futures, 1):
+            row = future.result()
+            append_row(csv_path, row)
+            print(
+                f"[{index}/{len(todo)}] {row['dataset']} {row['method']} {row['distribution']} "
+                f"{row['sparsity']:.2f} seed {row['seed']}: {row['accuracy']:.4f} ({row['wall_time_s']:.0f} s)",
+                flush=True,
+            )
+    return read_rows(csv_path)
+
+
+def aggregate(rows: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Mean and sample standard deviation of the accuracy over seeds, per cell of the grid."""
+    cells: dict[tuple, list[dict[str, Any]]] = {}
+    for row in rows:
+        cells.setdefault(
+            (row["dataset"], row["model"], row["steps"], row["method"], row["distribution"], row["sparsity"]), []
+        ).append(row)
+    table = []
+    for (dataset, model, steps, method, distribution, sparsity), group in sorted(cells.items()):
+        accuracies = [row["accuracy"] for row in group]
+        table.append(
+            {
+                "dataset": dataset,
+                "model": model,
+                "steps": steps,
+                "method": method,
+                "distribution": distribution,
+                "sparsity": sparsity,
+                "seeds": len(group),
+                "mean": statistics.mean(accuracies),
+                "std": statistics.stdev(accuracies) if len(accuracies) > 1 else 0.0,
+                "training_flops_ratio": statistics.mean(row["training_flops_ratio"] for row in group),
+            }
+        )
+    return table
+
+
+def orderings(table: Sequence[dict[str, Any]], high: float = 0.9) -> list[dict[str, Any]]:
+    """At each sparsity >= ``high``: is each dynamic method and gradual magnitude above static random masks?
+
+    Margins are in accuracy points and in units of the pooled standard deviation of the two means,
+    ``sqrt(std_a^2 / n_a + std_b^2 / n_b)``, so a reader can see which gaps exceed seed noise.
+    """
+    cells = {(c["dataset"], c["distribution"], c["sparsity"], c["method"]): c for c in table}
+    checks = []
+    for (dataset, distribution, sparsity, method), cell in sorted(cells.items()):
+        static = cells.get((dataset, distribution, sparsity, "static"))
+        if sparsity < high or static is None or method not in (*DYNAMIC, "gradual_magnitude"):
+            continue
+        margin = cell["mean"] - static["mean"]
+        noise = (cell["std"] ** 2 / cell["seeds"] + static["std"] ** 2 / static["seeds"]) ** 0.5
+        checks.append(
+            {
+                "dataset": dataset,
+                "distribution": distribution,
+                "sparsity": sparsity,
+                "claim": f"{method} > static",
+                "holds": margin > 0,
+                "margin_points": 100 * margin,
+                "margin_in_std_errors": margin / noise if noise > 0 else None,
+            }
+        )
+    return checks
+
+
+def markdown(table: Sequence[dict[str, Any]]) -> str:
+    """One table per data set: methods as rows, ``distribution sparsity`` as columns, ``mean ± std`` in %."""
+    lines = []
+    for dataset in sorted({c["dataset"] for c in table}):
+        cells = [c for c in table if c["dataset"] == dataset]
+        sparse = [c for c in cells if c["method"] != "dense"]
+        columns = sorted({(c["distribution"], c["sparsity"]) for c in sparse}, key=lambda x: (x[0], x[1]))
+        first = cells[0]
+        lines += [f"### {dataset} ({first['model']}, {first['steps']} steps, {first['seeds']} seeds)", ""]
+        lines.append("| method | " + " | ".join(f"{d} {100 * s:g}%" for d, s in columns) + " |")
+        lines.append("|---" * (len(columns) + 1) + "|")
+        for cell in cells:
+            if cell["method"] == "dense":
+                dense = f"{100 * cell['mean']:.1f} ± {100 * cell['std']:.1f}"
+                lines.append(f"| dense | {dense} (all columns) |" + " |" * (len(columns) - 1))
+        by_key = {(c["method"], c["distribution"], c["sparsity"]): c for c in sparse}
+        for method in [m for m in SPARSE_METHODS if any(c["method"] == m for c in sparse)]:
+            row = [by_key.get((method, d, s)) for d, s in columns]
+            lines.append(
+                f"| {method} | "
+                + " | ".join("" if c is None else f"{100 * c['mean']:.1f} ± {100 * c['std']:.1f}" for c in row)
+                + " |"
+            )
+        lines.append("")
+    return "\n".join(lines)
+
+
+def plot(record: dict[str, Any], png: Path) -> None:
+    """Accuracy against sparsity: one panel per data set and distribution, one line per method."""
+    import matplotlib.pyplot as plt
+
+    table = record["table"]
+    datasets = sorted({c["dataset"] for c in table})
+    distributions = [d for d in DISTRIBUTIONS if any(c["distribution"] == d for c in table)]
+    fig, axes = plt.subplots(
+        len(datasets), len(distributions), figsize=(5.5 * len(distributions), 3.8 * len(datasets)), squeeze=False
+    )
+    for row, dataset in enumerate(datasets):
+        for col, distribution in enumerate(distributions):
+            ax = axes[row][col]
+            for cell in table:
+                if cell["dataset"] == dataset and cell["method"] == "dense":
+                    ax.axhline(100 * cell["mean"], color="black", linestyle="--", label="dense")
+                    ax.axhspan(
+                        100 * (cell["mean"] - cell["std"]),
+                        100 * (cell["mean"] + cell["std"]),
+                        color="black",
+                        alpha=0.08,
+                    )
+            for method in SPARSE_METHODS:
+                cells = sorted(
+                    (
+                        c
+                        for c in table
+                        if (c["dataset"], c["distribution"], c["method"]) == (dataset, distribution, method)
+                    ),
+                    key=lambda c: c["sparsity"],
+                )
+                if cells:
+                    ax.errorbar(
+                        [100 * c["sparsity"] for c in cells],
+                        [100 * c["mean"] for c in cells],
+                        yerr=[100 * c["std"] for c in cells],
+                        marker="o",
+                        capsize=3,
+                        label=method,
+                    )
+            ax.set_title(f"{dataset}, {distribution}")
+            ax.set_xlabel("sparsity (%)")
+            ax.set_ylabel("test accuracy (%)")
+            ax.grid(alpha=0.3)
+    axes[0][-1].legend(fontsize=8)
+    fig.suptitle("Test accuracy vs sparsity (mean ± std over seeds)")
+    fig.tight_layout()
+    fig.savefig(png, dpi=120)
+    plt.close(fig)
+
+
+def available(datasets: Sequence[str]) -> tuple[list[str], dict[str, str]]:
+    """The data sets that can be loaded, and for the others the reason (how to prepare them)."""
+    from jaxsparse.data import DatasetNotPreparedError, load_dataset
+
+    ready, skipped = [], {}
+    for name in datasets:
+        try:
+            load_dataset(name)
+            ready.append(name)
+        except DatasetNotPreparedError as error:
+            skipped[name] = str(error)
+            print(f"skipping {name}: {error}", flush=True)
+    return ready, skipped
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    parser = argument_parser(__doc__)
+    parser.add_argument("--datasets", nargs="+", default=["digits", "mnist1d"], choices=sorted(DATASET_SETTINGS))
+    parser.add_argument("--methods", nargs="+", default=["dense", *SPARSE_METHODS], choices=["dense", *SPARSE_METHODS])
+    parser.add_argument("--sparsities", nargs="+", type=float, default=list(SPARSITIES))
+    parser.add_argument("--distributions", nargs="+", default=list(DISTRIBUTIONS), choices=DISTRIBUTIONS)
+    parser.add_argument("--seeds", type=int, default=3, help="seeds 0 .. N-1 per cell (default 3)")
+    parser.add_argument("--steps", type=int, default=None, help="override every data set's number of steps")
+    parser.add_argument("--update-every", type=int, default=50, help="steps between mask updates (default 50)")
+    parser.add_argument("--jobs", type=int, default=1, help="runs trained at a time, one process each")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.datasets, args.sparsities, args.distributions, args.seeds = ["digits"], [0.9], ["erk"], 1
+        args.steps, args.update_every = args.steps or QUICK_STEPS, QUICK_UPDATE_EVERY
+    out = output_path(args, "accuracy", "sweep")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    datasets, skipped = available(args.datasets)
+    runs = plan(datasets, args.methods, args.sparsities, args.distributions, args.seeds, args.steps, args.update_every)
+    csv_path = out.with_suffix(".csv")
+    if args.quick and csv_path.exists():
+        csv_path.unlink()  # a smoke test trains every run afresh
+    rows = run_all(runs, csv_path, args.jobs, RESULTS / "quick" / "jax-cache")
+    wanted = {run.key() for run in runs}
+    rows = [row for row in rows if tuple(str(row[name]) for name in KEY) in wanted]
+    table = aggregate(rows)
+    record = {
+        "benchmark": "accuracy sweep",
+        "quick": args.quick,
+        "settings": {
+            "datasets": DATASET_SETTINGS,
+            "harness": "jaxsparse.training.Config defaults otherwise",
+            "uniform": "first layer dense (Evci et al. 2020)",
+            "accuracy": "test accuracy after the last step",
+        },
+        "skipped_datasets": skipped,
+        "table": table,
+        "orderings": orderings(table),
+    }
+    out.with_suffix(".md").write_text(markdown(table))
+    write_results(record, out, plot)
+    print(markdown(table))
+    return record
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Speed benchmarks: step time, selection, memory, whole-run wall clock, data parallelism."""
