@@ -188,18 +188,26 @@ def run_all(runs: Sequence[Run], csv_path: Path, jobs: int, cache_dir: Path) -> 
     done = {tuple(str(row[name]) for name in KEY) for row in read_rows(csv_path)}
     todo = [run for run in runs if run.key() not in done]
     print(f"{len(runs)} runs, {len(runs) - len(todo)} already in {csv_path}, {len(todo)} to train", flush=True)
-    context = multiprocessing.get_context("spawn")  # JAX is not fork-safe
-    with ProcessPoolExecutor(max_workers=jobs, mp_context=context) as pool:
-        futures = [pool.submit(train_one, run, str(cache_dir)) for run in todo]
-        for index, future in enumerate(futures, 1):
-            row = future.result()
-            append_row(csv_path, row)
-            print(
-                f"[{index}/{len(todo)}] {row['dataset']} {row['method']} {row['distribution']} "
-                f"{row['sparsity']:.2f} seed {row['seed']}: {row['accuracy']:.4f} ({row['wall_time_s']:.0f} s)",
-                flush=True,
-            )
+    if jobs == 1:
+        finished = (train_one(run, str(cache_dir)) for run in todo)
+        _record_all(finished, csv_path, len(todo))
+    else:
+        context = multiprocessing.get_context("spawn")  # JAX is not fork-safe
+        with ProcessPoolExecutor(max_workers=jobs, mp_context=context) as pool:
+            futures = [pool.submit(train_one, run, str(cache_dir)) for run in todo]
+            _record_all((future.result() for future in futures), csv_path, len(todo))
     return read_rows(csv_path)
+
+
+def _record_all(rows: Iterable[dict[str, Any]], csv_path: Path, total: int) -> None:
+    """Appends each finished run's row to the CSV as it arrives, and reports it."""
+    for index, row in enumerate(rows, 1):
+        append_row(csv_path, row)
+        print(
+            f"[{index}/{total}] {row['dataset']} {row['method']} {row['distribution']} "
+            f"{row['sparsity']:.2f} seed {row['seed']}: {row['accuracy']:.4f} ({row['wall_time_s']:.0f} s)",
+            flush=True,
+        )
 
 
 def aggregate(rows: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -369,8 +377,6 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     datasets, skipped = available(args.datasets)
     runs = plan(datasets, args.methods, args.sparsities, args.distributions, args.seeds, args.steps, args.update_every)
     csv_path = out.with_suffix(".csv")
-    if args.quick and csv_path.exists():
-        csv_path.unlink()  # a smoke test trains every run afresh
     rows = run_all(runs, csv_path, args.jobs, RESULTS / "quick" / "jax-cache")
     wanted = {run.key() for run in runs}
     rows = [row for row in rows if tuple(str(row[name]) for name in KEY) in wanted]

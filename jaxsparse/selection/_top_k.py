@@ -7,7 +7,7 @@ under 65,536 elements, where a 65,536-counter histogram would dominate). That is
 over the data (across devices, a sum of the histograms) instead of a sort or ``lax.top_k``, and it
 is exact because keys are compared as integers. It replaced a 32-pass bisection over key bits,
 which finds the same thresholds 1.2-2.6x slower on CPU at 1M-25M elements (but 0.9x at 4M; see
-``benchmarks/selection.py``).
+``benchmarks/speed/selection.py``).
 
 Every key ``> t`` is selected. Keys ``== t`` (ties) are chosen by a second radix select over a
 per-position priority, a keyed bijective hash of the flat position, so that the choice is

@@ -4,20 +4,25 @@ What is measured
 ----------------
 For every device count ``n`` (default 1, 2, 4 and 8 simulated CPU devices), in a fresh Python
 process started with ``XLA_FLAGS=--xla_force_host_platform_device_count=n`` (XLA reads the flag
-when its CPU backend starts, so it cannot change inside one process), the model of
-``step_overhead.py`` (MLP 784-1024-1024-10, ReLU, softmax cross-entropy, random inputs and labels)
-is trained data-parallel on a global batch of 256 split evenly over the devices, with
-``optax.sgd(0.1, momentum=0.9)`` and, when sparse, with
-``jsp.rigl(0.9, distribution="erk", update_every=100, end_step=10**6, drop_fraction=0.3)``.
-Two ways of writing a data-parallel step are timed, each dense and sparse:
+when its CPU backend starts, so it cannot change inside one process), an MLP 784-1024-1024-10
+(ReLU, He-normal kernels, zero biases, softmax cross-entropy, random inputs and labels) is trained
+data-parallel on a global batch of 256 split evenly over the devices, with
+``optax.sgd(0.1, momentum=0.9)`` and, when sparse, with RigL at 90% sparsity, ERK, masks updated
+every 100 steps, drop fraction 0.3 (``benchmarks.speed.workloads.make_algorithm("rigl")``). The
+MLP is written in plain JAX rather than taken from ``jaxsparse.models``: the ``pmap`` step below
+must average the gradients between the backward pass and ``tx.update``, which the library's
+jitted train step has no place for. Two ways of writing a data-parallel step are timed, each dense
+and sparse, with the same step body:
 
 * ``jit``: ``jax.jit`` over a 1-D mesh ``("data", n)`` with ``AxisType.Auto``; params and the whole
   optimizer state replicated, the batch sharded over ``"data"``. XLA inserts the gradient
-  all-reduce. The step functions are exactly ``step_overhead``'s (``make_dense_step``,
-  ``make_sparse_step``), jitted with donated params and state.
+  all-reduce.
 * ``pmap``: ``jax.pmap`` over the same devices, one stacked copy of params and state per device
   (``jaxsparse.distributed.replicate``), the batch reshaped to ``(n, 256 / n, ...)``, and the
-  gradients averaged with ``lax.pmean`` before ``tx.update``; donated params and state.
+  gradients averaged with ``lax.pmean`` before ``tx.update``.
+
+Both donate params and optimizer state, as a training loop does. The sparse step is the library's
+documented contract: gradients at ``jsp.forward_params(params, state)``, then ``tx.update``.
 
 For each way and each ``n`` the script reports the median wall time of the dense step, of a normal
 sparse step and of a mask-update step (the same compiled function, forced onto its update branch
@@ -50,21 +55,19 @@ Rerun
 -----
 From the repository root::
 
-    python benchmarks/distributed.py            # full run: about 3 min of CPU, 6 min on a loaded 2-core machine
-    python benchmarks/distributed.py --quick    # tiny MLP, 1 and 2 devices, 2 rounds: ~45 s of CPU (CI)
-    python benchmarks/distributed.py --platform gpu --devices 1 2   # on a host with 2 GPUs
+    python -m benchmarks.speed.distributed            # full: about 3 min of CPU, 6 min on a loaded 2-core machine
+    python -m benchmarks.speed.distributed --quick    # MLP 32-64-64-10, 1 and 2 devices, 2 rounds (CI)
+    python -m benchmarks.speed.distributed --platform gpu --devices 1 2   # on a host with 2 GPUs
 
 ``--out PATH.json`` chooses the JSON file; the plot is written next to it as ``PATH.png``. The
-defaults are ``benchmarks/results/distributed.json`` (full) and
-``benchmarks/results/distributed_quick.json`` (``--quick``, so a smoke test never overwrites the
-real results).
+defaults are ``benchmarks/results/speed/distributed.json`` (full) and
+``benchmarks/results/quick/distributed.json`` (``--quick``, git-ignored).
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import datetime
 import json
 import os
 import random
@@ -73,48 +76,34 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import optax
 from jax import lax
 from jax.sharding import AxisType, NamedSharding
 from jax.sharding import PartitionSpec as P
-from step_overhead import (
-    DROP_FRACTION,
-    END_STEP,
-    LEARNING_RATE,
-    MOMENTUM,
-    REPO_ROOT,
-    SPARSITY,
-    UPDATE_EVERY,
-    WARMUP_CALLS,
-    Batch,
-    Params,
-    StepFn,
-    Trainer,
-    changed_positions,
-    host_copy,
-    init_mlp,
-    loss_fn,
-    machine_info,
-    make_dense_step,
-    make_optimizer,
-    make_rigl,
-    make_sparse_step,
-    random_batch,
-    summarize_ms,
-)
 
 import jaxsparse as jsp
+from benchmarks.common import argument_parser, environment, output_path, summarize_ms, write_results
+from benchmarks.speed.workloads import END_STEP, SPARSITY, UPDATE_EVERY, make_algorithm
 from jaxsparse.distributed import assert_replicas_equal, replicate
 
+Params = dict[str, dict[str, jax.Array]]
+Batch = tuple[jax.Array, jax.Array]
+StepFn = Callable[[Params, Any, Batch], tuple[Params, Any]]
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+LEARNING_RATE = 0.1
+MOMENTUM = 0.9
+WARMUP_CALLS = 2
 AXIS = "data"
 GLOBAL_BATCH = 256  # divisible by every device count up to 8 (and up to 256)
-FULL_SIZES = (784, 1024, 1024, 10)  # model A of step_overhead.py
+FULL_SIZES = (784, 1024, 1024, 10)
 QUICK_SIZES = (32, 64, 64, 10)
 FULL_DEVICES = (1, 2, 4, 8)
 QUICK_DEVICES = (1, 2)
@@ -124,56 +113,122 @@ LAYOUTS = ("jit", "pmap")
 COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"
 COLLECTIVE = re.compile(r"\b(all-reduce|all-gather|reduce-scatter|collective-permute|all-to-all)(?:-start)?\(")
 
-DEFAULT_OUT = REPO_ROOT / "benchmarks" / "results" / "distributed.json"
-DEFAULT_QUICK_OUT = REPO_ROOT / "benchmarks" / "results" / "distributed_quick.json"
-
 
 # ---------------------------------------------------------------------------------------------
-# Steps and trainers on n devices
+# Model, data and steps
 # ---------------------------------------------------------------------------------------------
 
 
-class ReplicatedTrainer(Trainer):
-    """A :class:`step_overhead.Trainer` whose state lives on several devices.
+def init_mlp(key: jax.Array, sizes: tuple[int, ...]) -> Params:
+    """He-normal kernels and zero biases, one ``{"kernel", "bias"}`` dict per layer."""
+    params: Params = {}
+    he_normal = jax.nn.initializers.he_normal()
+    for index, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)):
+        key, layer_key = jax.random.split(key)
+        params[f"layer{index}"] = {
+            "kernel": he_normal(layer_key, (fan_in, fan_out), jnp.float32),
+            "bias": jnp.zeros((fan_out,), jnp.float32),
+        }
+    return params
 
-    ``set_step`` puts the new step counter exactly where the old one lives (replicated over the
-    mesh, or one stacked copy per device under ``pmap``), so the step's input layout, and with it
-    the compiled executable, never changes, and no host-to-device copy hides inside a timed call.
+
+def loss_fn(params: Params, batch: Batch) -> jax.Array:
+    """Mean softmax cross-entropy of the ReLU MLP."""
+    inputs, labels = batch
+    n_layers = len(params)
+    x = inputs
+    for index in range(n_layers):
+        layer = params[f"layer{index}"]
+        x = x @ layer["kernel"] + layer["bias"]
+        if index < n_layers - 1:
+            x = jax.nn.relu(x)
+    return optax.softmax_cross_entropy_with_integer_labels(x, labels).mean()
+
+
+def random_batch(key: jax.Array, n_inputs: int, n_classes: int, batch_size: int) -> Batch:
+    """Standard-normal inputs and uniformly drawn labels."""
+    input_key, label_key = jax.random.split(key)
+    inputs = jax.random.normal(input_key, (batch_size, n_inputs), jnp.float32)
+    labels = jax.random.randint(label_key, (batch_size,), 0, n_classes)
+    return inputs, labels
+
+
+def make_optimizer() -> optax.GradientTransformation:
+    return optax.sgd(LEARNING_RATE, momentum=MOMENTUM)
+
+
+def step_body(tx: optax.GradientTransformation, sparse: bool, mean_over_devices: bool) -> StepFn:
+    """One train step ``(params, state, batch) -> (params, state)``, to be jitted or pmapped.
+
+    ``sparse``: ``tx`` is ``jsp.sparsify``-wrapped and the gradients are taken at the masked
+    weights, the library's documented contract. ``mean_over_devices``: the gradients are averaged
+    over the ``pmap`` axis before ``tx.update`` (under ``jax.jit`` over a mesh XLA inserts that
+    all-reduce itself).
     """
 
+    def step(params: Params, state: Any, batch: Batch) -> tuple[Params, Any]:
+        forward = jsp.forward_params(params, state) if sparse else params
+        grads = jax.grad(loss_fn)(forward, batch)
+        if mean_over_devices:
+            # Every replica must hand tx.update the same gradients, so that every replica draws the
+            # same masks (see jaxsparse.distributed).
+            grads = lax.pmean(grads, AXIS)
+        updates, state = tx.update(grads, state, params)
+        return optax.apply_updates(params, updates), state
+
+    return step
+
+
+@dataclasses.dataclass
+class Trainer:
+    """A compiled step with the params, state and batch it advances; params and state are donated."""
+
+    step_fn: StepFn
+    params: Params
+    state: Any
+    batch: Batch
+
     def set_step(self, step: int) -> None:
+        """Sets a ``jsp.SparsifyState``'s step counter (selects the branch of the next call).
+
+        The new counter goes exactly where the old one lives (replicated over the mesh, or one
+        stacked copy per device under ``pmap``), so the step's input layout, and with it the
+        compiled executable, never changes, and no host-to-device copy hides inside a timed call.
+        """
         old = self.state.step
         new = jax.device_put(np.full(old.shape, step, old.dtype), old.sharding)
         self.state = self.state._replace(step=new)
 
+    def run(self) -> float:
+        """Seconds for one step, its inputs ready before the clock starts and its outputs blocked on."""
+        jax.block_until_ready((self.params, self.state))
+        start = time.perf_counter()
+        self.params, self.state = self.step_fn(self.params, self.state, self.batch)
+        jax.block_until_ready((self.params, self.state))
+        return time.perf_counter() - start
 
-def make_pmap_dense_step(tx: optax.GradientTransformation, devices: list[jax.Device]) -> StepFn:
-    def dense_step(params: Params, opt_state: optax.OptState, batch: Batch) -> tuple[Params, optax.OptState]:
-        grads = lax.pmean(jax.grad(loss_fn)(params, batch), AXIS)
-        updates, opt_state = tx.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), opt_state
 
-    return jax.pmap(dense_step, axis_name=AXIS, devices=devices, donate_argnums=(0, 1))
+def host_copy(tree: Any) -> Any:
+    return jax.tree.map(np.array, tree)
 
 
-def make_pmap_sparse_step(tx: optax.GradientTransformationExtraArgs, devices: list[jax.Device]) -> StepFn:
-    def train_step(params: Params, state: jsp.SparsifyState, batch: Batch) -> tuple[Params, jsp.SparsifyState]:
-        grads = jax.grad(loss_fn)(jsp.forward_params(params, state), batch)
-        # Every replica must hand tx.update the same gradients, so that every replica draws the
-        # same masks (see jaxsparse.distributed).
-        grads = lax.pmean(grads, AXIS)
-        updates, state = tx.update(grads, state, params)
-        return optax.apply_updates(params, updates), state
+def changed_positions(before: Any, after: Any) -> int:
+    return int(
+        sum(np.count_nonzero(a != b) for a, b in zip(jax.tree.leaves(before), jax.tree.leaves(after), strict=True))
+    )
 
-    return jax.pmap(train_step, axis_name=AXIS, devices=devices, donate_argnums=(0, 1))
+
+# ---------------------------------------------------------------------------------------------
+# Trainers on n devices
+# ---------------------------------------------------------------------------------------------
 
 
 @dataclasses.dataclass
 class Layout:
     """The dense and sparse trainers of one way of writing the data-parallel step."""
 
-    dense: ReplicatedTrainer
-    sparse: ReplicatedTrainer
+    dense: Trainer
+    sparse: Trainer
     stacked: bool  # pmap: the leading axis enumerates the per-device copies
 
     def host_replica(self, tree: Any) -> Any:
@@ -190,40 +245,44 @@ def build_layouts(devices: list[jax.Device], params: Params, batch: Batch) -> di
     n = len(devices)
     inputs, labels = batch
     dense_tx = make_optimizer()
-    sparse_tx = jsp.sparsify(make_optimizer(), make_rigl(), key=jax.random.key(0))
+    sparse_tx = jsp.sparsify(make_optimizer(), make_algorithm("rigl"), key=jax.random.key(0))
 
     def sparse_start() -> tuple[Params, jsp.SparsifyState]:
         state = sparse_tx.init(params)
         return host_copy(jsp.apply_masks(params, jsp.masks_of(state))), state
 
+    def jit_step(tx: optax.GradientTransformation, sparse: bool) -> StepFn:
+        return jax.jit(step_body(tx, sparse, mean_over_devices=False), donate_argnums=(0, 1))
+
+    def pmap_step(tx: optax.GradientTransformation, sparse: bool) -> StepFn:
+        body = step_body(tx, sparse, mean_over_devices=True)
+        return jax.pmap(body, axis_name=AXIS, devices=devices, donate_argnums=(0, 1))
+
     mesh = jax.make_mesh((n,), (AXIS,), axis_types=(AxisType.Auto,), devices=devices)
     replicated = NamedSharding(mesh, P())
     split = NamedSharding(mesh, P(AXIS))
     jit_batch = jax.device_put(batch, split)
-    jit_sparse = sparse_start()
     jit_layout = Layout(
-        dense=ReplicatedTrainer(
-            make_dense_step(dense_tx, donate=True),
+        dense=Trainer(
+            jit_step(dense_tx, sparse=False),
             jax.device_put(params, replicated),
             jax.device_put(dense_tx.init(params), replicated),
             jit_batch,
         ),
-        sparse=ReplicatedTrainer(
-            make_sparse_step(sparse_tx, donate=True), *jax.device_put(jit_sparse, replicated), jit_batch
-        ),
+        sparse=Trainer(jit_step(sparse_tx, sparse=True), *jax.device_put(sparse_start(), replicated), jit_batch),
         stacked=False,
     )
 
     # Row i of the stacked batch is device i's slice of the same global batch.
     pmap_batch = jax.device_put((inputs.reshape(n, -1, inputs.shape[-1]), labels.reshape(n, -1)), split)
     pmap_layout = Layout(
-        dense=ReplicatedTrainer(
-            make_pmap_dense_step(dense_tx, devices),
+        dense=Trainer(
+            pmap_step(dense_tx, sparse=False),
             *replicate((params, dense_tx.init(params)), axis_name=AXIS, devices=devices),
             pmap_batch,
         ),
-        sparse=ReplicatedTrainer(
-            make_pmap_sparse_step(sparse_tx, devices),
+        sparse=Trainer(
+            pmap_step(sparse_tx, sparse=True),
             *replicate(sparse_start(), axis_name=AXIS, devices=devices),
             pmap_batch,
         ),
@@ -232,7 +291,7 @@ def build_layouts(devices: list[jax.Device], params: Params, batch: Batch) -> di
     return {"jit": jit_layout, "pmap": pmap_layout}
 
 
-def collectives(trainer: ReplicatedTrainer) -> dict[str, int]:
+def collectives(trainer: Trainer) -> dict[str, int]:
     """How many cross-device operations of each kind the step's compiled program contains.
 
     Read from the optimized HLO text of the executable the step already compiled (lowering the
@@ -246,11 +305,11 @@ def collectives(trainer: ReplicatedTrainer) -> dict[str, int]:
     return counts
 
 
-def mask_changes(trainer: ReplicatedTrainer, step: int) -> int:
+def mask_changes(trainer: Trainer, step: int) -> int:
     """Runs one step from ``step``; returns how many mask entries (over all stored copies) it changed."""
     trainer.set_step(step)
     before = host_copy(jsp.masks_of(trainer.state))
-    trainer.run(1)
+    trainer.run()
     return changed_positions(before, host_copy(jsp.masks_of(trainer.state)))
 
 
@@ -279,11 +338,11 @@ def bench_devices(n: int, sizes: tuple[int, ...], rounds: int, seed: int, platfo
     sanity: dict[str, Any] = {}
     compiled_collectives: dict[str, dict[str, int]] = {}
     for name, layout in layouts.items():
-        compile_s[f"{name}_dense_step"] = layout.dense.run(1)
+        compile_s[f"{name}_dense_step"] = layout.dense.run()
         layout.sparse.set_step(1)
-        compile_s[f"{name}_sparse_step"] = layout.sparse.run(1)
+        compile_s[f"{name}_sparse_step"] = layout.sparse.run()
         for _ in range(WARMUP_CALLS):
-            layout.dense.run(1)
+            layout.dense.run()
             normal_changed = mask_changes(layout.sparse, UPDATE_EVERY + 1)
             update_changed = mask_changes(layout.sparse, UPDATE_EVERY)
         if normal_changed != 0 or update_changed == 0:
@@ -312,15 +371,15 @@ def bench_devices(n: int, sizes: tuple[int, ...], rounds: int, seed: int, platfo
     }
 
     def time_dense(name: str) -> None:
-        samples[f"{name}_dense_step"].append(layouts[name].dense.run(1))
+        samples[f"{name}_dense_step"].append(layouts[name].dense.run())
 
     def time_sparse_pair(name: str, round_index: int) -> None:
         # Normal step first, so that every forced mask update follows at least one normal step.
         sparse = layouts[name].sparse
         sparse.set_step(UPDATE_EVERY * (round_index + 2) + 1)
-        samples[f"{name}_normal_sparse_step"].append(sparse.run(1))
+        samples[f"{name}_normal_sparse_step"].append(sparse.run())
         sparse.set_step(UPDATE_EVERY * (round_index + 3))
-        samples[f"{name}_mask_update_step"].append(sparse.run(1))
+        samples[f"{name}_mask_update_step"].append(sparse.run())
 
     compilations: list[float] = []
 
@@ -356,9 +415,9 @@ def bench_devices(n: int, sizes: tuple[int, ...], rounds: int, seed: int, platfo
             raise RuntimeError(f"{name}: non-finite loss after training: {losses}")
         sanity[f"{name}_final_sparse_and_dense_loss"] = losses
 
-        dense_ms = stats[f"{name}_dense_step"]["median"]
-        normal_ms = stats[f"{name}_normal_sparse_step"]["median"]
-        mask_ms = stats[f"{name}_mask_update_step"]["median"]
+        dense_ms = stats[f"{name}_dense_step"]["median_ms"]
+        normal_ms = stats[f"{name}_normal_sparse_step"]["median_ms"]
+        mask_ms = stats[f"{name}_mask_update_step"]["median_ms"]
         amortised_ms = ((UPDATE_EVERY - 1) * normal_ms + mask_ms) / UPDATE_EVERY
         ms[name] = {
             "dense_step": dense_ms,
@@ -394,7 +453,8 @@ def bench_devices(n: int, sizes: tuple[int, ...], rounds: int, seed: int, platfo
         "sanity": {**sanity, "replicas_bit_identical": True, "compilations_during_timed_rounds": len(compilations)},
         "loadavg_before": load_before,
         "loadavg_after": load_after,
-        "machine": machine_info(),
+        # This process's own record: its devices, XLA's device count and its command line differ per run.
+        "environment": environment(),
     }
 
 
@@ -412,18 +472,18 @@ def run_worker(n: int, args: argparse.Namespace) -> dict[str, Any]:
         env["JAX_PLATFORMS"] = "cpu"
     with tempfile.TemporaryDirectory() as scratch:
         out = Path(scratch) / "result.json"
-        command = [sys.executable, str(Path(__file__).resolve()), "--devices", str(n), "--rounds", str(args.rounds)]
-        command += ["--seed", str(args.seed), "--platform", args.platform, "--worker-out", str(out)]
+        command = [sys.executable, "-m", "benchmarks.speed.distributed", "--devices", str(n)]
+        command += ["--rounds", str(args.rounds), "--seed", str(args.seed), "--platform", args.platform]
+        command += ["--worker-out", str(out)]
         if args.quick:
             command.append("--quick")
-        subprocess.run(command, env=env, check=True)
+        # From the repository root, so that the worker imports this checkout's benchmarks package.
+        subprocess.run(command, env=env, cwd=REPO_ROOT, check=True)
         return json.loads(out.read_text())
 
 
 def plot(report: dict[str, Any], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
+    """Ratios to the dense step (left) and absolute median times (right) against the device count."""
     import matplotlib.pyplot as plt
     from matplotlib.ticker import FixedLocator, FuncFormatter, NullFormatter
 
@@ -486,11 +546,10 @@ def plot(report: dict[str, Any], path: Path) -> None:
         ax.set_xlabel(f"{'simulated CPU' if cpu else report['platform'].upper()} devices, global batch {GLOBAL_BATCH}")
         ax.grid(alpha=0.3)
     loads = [load for run in runs for load in (run["loadavg_before"][0], run["loadavg_after"][0])]
-    machine = runs[0]["machine"]
     fig.suptitle(
-        f"jaxsparse RigL (90% ERK, update_every={UPDATE_EVERY}) vs dense, data-parallel; jit over a mesh: solid, "
-        f"pmap: dashed; MLP {'-'.join(map(str, report['settings']['sizes']))}\n"
-        f"{report['platform'].upper()}, {machine['cpu_count']} cores, "
+        f"jaxsparse RigL ({SPARSITY:.0%} ERK, update_every={UPDATE_EVERY}) vs dense, data-parallel; jit over a mesh: "
+        f"solid, pmap: dashed; MLP {'-'.join(map(str, report['settings']['sizes']))}\n"
+        f"{report['platform'].upper()}, {report['environment']['cpu_count']} cores, "
         f"1-min load average {min(loads):.1f}-{max(loads):.1f} during the run"
         + (" [--quick]" if report["mode"] == "quick" else ""),
         fontsize=10,
@@ -500,18 +559,8 @@ def plot(report: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument(
-        "--quick", action="store_true", help=f"MLP {QUICK_SIZES}, devices {QUICK_DEVICES}, {QUICK_ROUNDS} rounds (CI)"
-    )
-    parser.add_argument(
-        "--out",
-        type=Path,
-        default=None,
-        help=f"JSON output path; the plot goes next to it with a .png suffix (default: {DEFAULT_OUT}, "
-        f"or {DEFAULT_QUICK_OUT} with --quick)",
-    )
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argument_parser(__doc__)
     parser.add_argument(
         "--devices",
         type=int,
@@ -541,7 +590,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def main(argv: list[str] | None = None) -> dict[str, Any]:
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     sizes = QUICK_SIZES if args.quick else FULL_SIZES
     if args.worker_out is not None:
@@ -549,21 +598,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         args.worker_out.write_text(json.dumps(result))
         return result
 
-    out: Path = args.out if args.out is not None else (DEFAULT_QUICK_OUT if args.quick else DEFAULT_OUT)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    started = datetime.datetime.now(datetime.timezone.utc)
-    load_before = os.getloadavg()
     wall_start = time.perf_counter()
     runs = [run_worker(n, args) for n in args.devices]
-    report = {
+    record = {
         "benchmark": "distributed",
-        "timestamp_utc": started.isoformat(timespec="seconds"),
-        "command": " ".join([Path(sys.executable).name, *sys.argv]),
         "mode": "quick" if args.quick else "full",
         "platform": args.platform,
         "duration_s": time.perf_counter() - wall_start,
-        "loadavg_before": load_before,
-        "loadavg_after": os.getloadavg(),
         "settings": {
             "sizes": list(sizes),
             "global_batch": GLOBAL_BATCH,
@@ -571,8 +612,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "rounds": args.rounds,
             "optimizer": f"optax.sgd({LEARNING_RATE}, momentum={MOMENTUM})",
             "algorithm": (
-                f"jsp.rigl({SPARSITY}, distribution='erk', update_every={UPDATE_EVERY}, end_step={END_STEP}, "
-                f"drop_fraction={DROP_FRACTION})"
+                f"benchmarks.speed.workloads.make_algorithm('rigl'): jsp.rigl({SPARSITY}, distribution='erk', "
+                f"update_every={UPDATE_EVERY}, end_step={END_STEP}) with its default drop fraction, 0.3 "
+                "cosine-decayed to 0 at end_step (so about 0.3 at the steps timed here)"
             ),
             "layouts": {
                 "jit": "jax.jit over a 1-D ('data', n) mesh (AxisType.Auto): params and state replicated, batch "
@@ -595,11 +637,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         },
         "runs": runs,
     }
-    out.write_text(json.dumps(report, indent=2) + "\n")
-    png = out.with_suffix(".png")
-    plot(report, png)
-    print(f"wrote {out} and {png} in {report['duration_s']:.0f} s", flush=True)
-    return report
+    write_results(record, output_path(args, "speed", "distributed"), plot)
+    return record
 
 
 if __name__ == "__main__":

@@ -1,0 +1,132 @@
+"""The models and training setups the speed benchmarks time: one definition, shared by every script.
+
+Three workloads of the issue's table, each trained with ``optax.sgd(0.1, momentum=0.9)``, dense or
+wrapped by ``jsp.sparsify`` around one of the five methods at 90% sparsity (ERK), with masks
+updated every 100 steps:
+
+* MLP 784-1024-1024-10, batch 128 (the classic sparse-training MLP; random inputs);
+* ResNet-20 on 32x32x3 inputs, batch 128 (He et al. 2016's CIFAR ResNet, with batch norm);
+* a Transformer block stack: ``vit`` with one-token patches on 64 tokens of width 256, 4 pre-norm
+  encoder blocks (4 heads, MLP width 1024), batch 32.
+
+Every step is :func:`jaxsparse.training.make_train_step`, the step ``jaxsparse train`` runs
+(jitted, params and optimizer state donated), so a benchmark times what users run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+
+import jaxsparse as jsp
+from jaxsparse.models import create_model
+from jaxsparse.training import make_train_step
+
+__all__ = [
+    "FULL_WORKLOADS",
+    "METHODS",
+    "QUICK_WORKLOADS",
+    "SPARSITY",
+    "UPDATE_EVERY",
+    "Trainer",
+    "Workload",
+    "END_STEP",
+    "build_trainer",
+    "make_algorithm",
+]
+
+METHODS = ("static", "set", "rigl", "top_kast", "gradual_magnitude")
+SPARSITY = 0.9
+UPDATE_EVERY = 100
+# Mask updates stay live for the whole benchmark (it only ever runs a few thousand steps).
+END_STEP = 10**6
+NUM_CLASSES = 10
+
+
+@dataclasses.dataclass(frozen=True)
+class Workload:
+    """A model, its input and batch size, and how many interleaved rounds to time it for."""
+
+    label: str
+    model: str
+    input_shape: tuple[int, ...]
+    batch_size: int
+    options: dict[str, Any]
+    rounds: int
+
+
+FULL_WORKLOADS = (
+    Workload("MLP 784-1024-1024-10", "mlp", (784,), 128, {"hidden_sizes": (1024, 1024)}, rounds=40),
+    Workload("ResNet-20 32x32", "resnet20", (32, 32, 3), 128, {}, rounds=8),
+    Workload(
+        "Transformer 4x256",
+        "vit",
+        (64, 256),
+        32,
+        {"patch_size": 1, "dim": 256, "depth": 4, "num_heads": 4, "mlp_dim": 1024},
+        rounds=15,
+    ),
+)
+QUICK_WORKLOADS = (Workload("MLP 32-64-64-10", "mlp", (32,), 8, {"hidden_sizes": (64, 64)}, rounds=2),)
+
+
+def make_algorithm(method: str) -> jsp.SparseAlgorithm:
+    """``method`` at 90% sparsity (ERK), updating masks every 100 steps; Top-KAST backward at 80%."""
+    schedule = dict(distribution="erk", update_every=UPDATE_EVERY, end_step=END_STEP)
+    builders = {
+        "static": lambda: jsp.static(SPARSITY, distribution="erk"),
+        "set": lambda: jsp.set_(SPARSITY, **schedule),
+        "rigl": lambda: jsp.rigl(SPARSITY, **schedule),
+        "top_kast": lambda: jsp.top_kast(SPARSITY, 2 * SPARSITY - 1, **schedule),
+        "gradual_magnitude": lambda: jsp.gradual_magnitude(SPARSITY, **schedule),
+    }
+    return builders[method]()
+
+
+@dataclasses.dataclass
+class Trainer:
+    """A compiled train step and the state it advances (its buffers are donated on every call)."""
+
+    step_fn: Any
+    params: Any
+    model_state: Any
+    opt_state: Any
+    batch: dict[str, jax.Array]
+
+    def step(self, at: int | None = None) -> tuple[Any, ...]:
+        """Runs one step and keeps its outputs; ``at`` first sets a sparse state's step counter.
+
+        Setting the counter to a multiple of ``UPDATE_EVERY`` selects the mask-update branch of the
+        same compiled function; any other value selects the normal branch.
+        """
+        if at is not None:
+            self.opt_state = self.opt_state._replace(step=jnp.asarray(at, jnp.int32))
+        self.params, self.model_state, self.opt_state, loss = self.step_fn(
+            self.params, self.model_state, self.opt_state, self.batch
+        )
+        return self.params, self.model_state, self.opt_state, loss
+
+
+def build_trainer(workload: Workload, method: str, seed: int = 0) -> Trainer:
+    """The trainer of ``workload`` with ``method`` (``"dense"`` or one of :data:`METHODS`) on a random batch."""
+    model = create_model(workload.model, num_classes=NUM_CLASSES, input_shape=workload.input_shape, **workload.options)
+    init_key, input_key, label_key, mask_key = jax.random.split(jax.random.key(seed), 4)
+    init = jax.jit(functools.partial(model.init, train=False))  # one program, not one per op
+    variables = dict(init(init_key, jnp.zeros((1, *workload.input_shape))))
+    params = variables.pop("params")
+    inner = optax.sgd(0.1, momentum=0.9)
+    sparse = method != "dense"
+    tx = jsp.sparsify(inner, make_algorithm(method), key=mask_key) if sparse else inner
+    opt_state = jax.jit(tx.init)(params)
+    if sparse and not isinstance(opt_state.masks, jsp.MaskPair):  # Top-KAST keeps its weights dense
+        params = jsp.apply_masks(params, opt_state.masks)
+    batch = {
+        "inputs": jax.random.normal(input_key, (workload.batch_size, *workload.input_shape)),
+        "labels": jax.random.randint(label_key, (workload.batch_size,), 0, NUM_CLASSES),
+    }
+    return Trainer(make_train_step(model, tx, sparse), params, variables, opt_state, batch)
