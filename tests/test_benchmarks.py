@@ -13,7 +13,8 @@ import math
 import pytest
 
 from benchmarks.accuracy import sweep
-from benchmarks.speed import selection, step_time
+from benchmarks.speed import distributed, memory, selection, step_time, wall_clock
+from benchmarks.speed.workloads import QUICK_WORKLOADS
 
 
 def _written(out):
@@ -85,3 +86,39 @@ def test_selection_quick(tmp_path):
     for result in record["results"]:
         assert set(result["times"]) == {"jaxsparse", "argsort", "lax.top_k", "approx_max_k"}
         assert result["ratio_to_jaxsparse"]["jaxsparse"] == 1.0
+
+
+def test_memory_quick_counts_the_masks_and_the_donated_state(tmp_path):
+    out = tmp_path / "memory.json"
+    (model,) = memory.main(["--quick", "--methods", "dense", "rigl", "--out", str(out)])["models"]
+    assert _written(out)["models"][0]["label"] == model["label"]
+    dense, rigl = model["variants"]["dense"], model["variants"]["rigl"]
+    (workload,) = QUICK_WORKLOADS
+    sizes = (workload.input_shape[0], *workload.options["hidden_sizes"], 10)
+    kernel_weights = sum(a * b for a, b in zip(sizes[:-1], sizes[1:], strict=True))
+    fields = rigl["state_bytes"]["optimizer_fields"]
+    assert fields["masks"] == kernel_weights  # one byte per sparsified weight, nothing else
+    assert fields["inner_state"] == rigl["state_bytes"]["params"] == dense["state_bytes"]["params"]  # one momentum
+    for variant in (dense, rigl):  # params and optimizer state are donated: the step aliases all of it
+        assert variant["xla"]["alias_bytes"] == variant["state_bytes"]["total"]
+    assert rigl["ratio_to_dense"]["state_bytes"] > 1
+
+
+def test_wall_clock_quick_runs_the_cli(tmp_path):
+    out = tmp_path / "wall_clock.json"
+    methods = wall_clock.main(["--quick", "--methods", "dense", "rigl", "--out", str(out)])["methods"]
+    assert set(_written(out)["methods"]) == set(methods) == {"dense", "rigl"}
+    assert methods["dense"]["ratio_to_dense"]["process_wall"] == 1.0
+    assert methods["rigl"]["sparsity"] == pytest.approx(0.9, abs=1e-3)
+    assert all(0.0 <= result["accuracy"] <= 1.0 for result in methods.values())
+
+
+def test_distributed_quick_adds_no_collective(tmp_path):
+    out = tmp_path / "distributed.json"
+    (run,) = distributed.main(["--quick", "--devices", "2", "--out", str(out)])["runs"]
+    assert _written(out)["runs"][0]["devices"] == run["devices"] == 2
+    collectives = run["collectives_in_compiled_step"]
+    assert collectives["jit_sparse_step"] == collectives["jit_dense_step"] == {"all-reduce": 1}
+    assert collectives["pmap_sparse_step"] == collectives["pmap_dense_step"] == {"all-reduce": 1}
+    assert run["sanity"]["replicas_bit_identical"]
+    assert run["sanity"]["jit_mask_entries_changed_by_normal_step"] == 0

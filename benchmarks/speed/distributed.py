@@ -551,7 +551,7 @@ def plot(report: dict[str, Any], path: Path) -> None:
         f"solid, pmap: dashed; MLP {'-'.join(map(str, report['settings']['sizes']))}\n"
         f"{report['platform'].upper()}, {report['environment']['cpu_count']} cores, "
         f"1-min load average {min(loads):.1f}-{max(loads):.1f} during the run"
-        + (" [--quick]" if report["mode"] == "quick" else ""),
+        + (" [--quick]" if report["quick"] else ""),
         fontsize=10,
     )
     fig.tight_layout()
@@ -602,7 +602,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     runs = [run_worker(n, args) for n in args.devices]
     record = {
         "benchmark": "distributed",
-        "mode": "quick" if args.quick else "full",
+        "quick": args.quick,
         "platform": args.platform,
         "duration_s": time.perf_counter() - wall_start,
         "settings": {
