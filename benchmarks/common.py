@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import jax
+from matplotlib.figure import Figure
 
 from jaxsparse.training import git_commit, versions
 
@@ -104,15 +105,20 @@ def interleaved_times(calls: Mapping[str, Callable[[], Any]], rounds: int, seed:
     return samples
 
 
-def write_results(record: dict[str, Any], path: Path, plot: Callable[[dict[str, Any], Path], None]) -> Path:
-    """Writes ``record`` with :func:`environment` as JSON to ``path`` and ``plot(record, png)`` next to it."""
+def write_results(record: dict[str, Any], path: Path, plot: Callable[[dict[str, Any]], Figure]) -> Path:
+    """Writes ``record`` with :func:`environment` as JSON to ``path``, and the figure ``plot(record)`` next to it."""
     import matplotlib
 
     matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
     path.parent.mkdir(parents=True, exist_ok=True)
     record = {"environment": environment(), **record}
     path.write_text(json.dumps(record, indent=2) + "\n")
     png = path.with_suffix(".png")
-    plot(record, png)
+    figure = plot(record)
+    figure.tight_layout()
+    figure.savefig(png, dpi=120)
+    plt.close(figure)
     print(f"wrote {path} and {png}", flush=True)
     return png

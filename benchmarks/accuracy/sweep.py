@@ -40,6 +40,8 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from matplotlib.figure import Figure
+
 from benchmarks.common import RESULTS, argument_parser, output_path, write_results
 
 SPARSE_METHODS = ("static", "set", "rigl", "top_kast", "gradual_magnitude")
@@ -292,7 +294,7 @@ def markdown(table: Sequence[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def plot(record: dict[str, Any], png: Path) -> None:
+def plot(record: dict[str, Any]) -> Figure:
     """Accuracy against sparsity: one panel per data set and distribution, one line per method."""
     import matplotlib.pyplot as plt
 
@@ -338,9 +340,7 @@ def plot(record: dict[str, Any], png: Path) -> None:
             ax.grid(alpha=0.3)
     axes[0][-1].legend(fontsize=8)
     fig.suptitle("Test accuracy vs sparsity (mean ± std over seeds)")
-    fig.tight_layout()
-    fig.savefig(png, dpi=120)
-    plt.close(fig)
+    return fig
 
 
 def available(datasets: Sequence[str]) -> tuple[list[str], dict[str, str]]:

@@ -87,6 +87,7 @@ import optax
 from jax import lax
 from jax.sharding import AxisType, NamedSharding
 from jax.sharding import PartitionSpec as P
+from matplotlib.figure import Figure
 
 import jaxsparse as jsp
 from benchmarks.common import argument_parser, environment, output_path, summarize_ms, write_results
@@ -482,7 +483,7 @@ def run_worker(n: int, args: argparse.Namespace) -> dict[str, Any]:
         return json.loads(out.read_text())
 
 
-def plot(report: dict[str, Any], path: Path) -> None:
+def plot(report: dict[str, Any]) -> Figure:
     """Ratios to the dense step (left) and absolute median times (right) against the device count."""
     import matplotlib.pyplot as plt
     from matplotlib.ticker import FixedLocator, FuncFormatter, NullFormatter
@@ -554,9 +555,7 @@ def plot(report: dict[str, Any], path: Path) -> None:
         + (" [--quick]" if report["quick"] else ""),
         fontsize=10,
     )
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    return fig
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:

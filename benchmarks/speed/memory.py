@@ -73,6 +73,7 @@ from typing import Any
 
 import jax
 import numpy as np
+from matplotlib.figure import Figure
 
 import jaxsparse as jsp
 from benchmarks.common import RESULTS, argument_parser, output_path, write_results
@@ -238,7 +239,7 @@ PLOTTED = {
 }
 
 
-def plot(record: dict[str, Any], png: Path) -> None:
+def plot(record: dict[str, Any]) -> Figure:
     """Grouped bars of every ratio to dense per method, one panel per model."""
     import matplotlib.pyplot as plt
 
@@ -262,9 +263,7 @@ def plot(record: dict[str, Any], png: Path) -> None:
         ax.grid(axis="y", alpha=0.3)
     axes[0][0].legend(fontsize=7, loc="upper left")
     fig.suptitle("Memory of a training step, sparse (90%, ERK) vs dense")
-    fig.tight_layout()
-    fig.savefig(png, dpi=120)
-    plt.close(fig)
+    return fig
 
 
 def table(record: dict[str, Any]) -> str:

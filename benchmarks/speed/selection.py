@@ -28,12 +28,12 @@ Rerun from the repository root::
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 from jax import lax
+from matplotlib.figure import Figure
 
 from benchmarks.common import argument_parser, interleaved_times, output_path, summarize_ms, write_results
 from jaxsparse.selection import top_k_mask
@@ -90,7 +90,7 @@ def time_size(size: int, repeats: int) -> dict[str, Any]:
     return result
 
 
-def plot(record: dict[str, Any], png: Path) -> None:
+def plot(record: dict[str, Any]) -> Figure:
     """Median time per mask against tensor size (log-log), one line per method, with the ratio to ours."""
     import matplotlib.pyplot as plt
 
@@ -108,9 +108,7 @@ def plot(record: dict[str, Any], png: Path) -> None:
         ax.grid(alpha=0.3, which="both")
         ax.legend(fontsize=8)
     fig.suptitle(f"Exact top-k mask selection ({record['environment']['device_kind']})")
-    fig.tight_layout()
-    fig.savefig(png, dpi=120)
-    plt.close(fig)
+    return fig
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:

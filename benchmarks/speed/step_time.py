@@ -27,11 +27,11 @@ Rerun from the repository root::
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import jax
 import numpy as np
+from matplotlib.figure import Figure
 
 import jaxsparse as jsp
 from benchmarks.common import argument_parser, interleaved_times, output_path, summarize_ms, write_results
@@ -136,7 +136,7 @@ def bench_workload(workload: Workload, seed: int) -> dict[str, Any]:
     }
 
 
-def plot(record: dict[str, Any], png: Path) -> None:
+def plot(record: dict[str, Any]) -> Figure:
     """One panel per workload: the three ratios to dense for every method."""
     import matplotlib.pyplot as plt
 
@@ -155,9 +155,7 @@ def plot(record: dict[str, Any], png: Path) -> None:
         ax.set_title(f"{result['workload']} (dense {dense_ms:.1f} ms)", fontsize=9)
     axes[0][0].legend(fontsize=8)
     fig.suptitle(f"Sparse step vs dense step, 90% ERK, update every 100 ({record['environment']['device_kind']})")
-    fig.tight_layout()
-    fig.savefig(png, dpi=120)
-    plt.close(fig)
+    return fig
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:

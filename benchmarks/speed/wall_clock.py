@@ -57,6 +57,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from matplotlib.figure import Figure
+
 from benchmarks.common import RESULTS, argument_parser, interleaved_times, output_path, summarize_ms, write_results
 from jaxsparse.training import METHODS
 
@@ -147,7 +149,7 @@ def with_ratios(methods: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]
     return methods
 
 
-def plot(record: dict[str, Any], png: Path) -> None:
+def plot(record: dict[str, Any]) -> Figure:
     """Bars of the process and in-loop wall-clock ratios to dense, per method (accuracy under each)."""
     import matplotlib.pyplot as plt
     import numpy as np
@@ -171,9 +173,7 @@ def plot(record: dict[str, Any], png: Path) -> None:
     ax.margins(y=0.12)
     ax.grid(axis="y", alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(png, dpi=120)
-    plt.close(fig)
+    return fig
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:

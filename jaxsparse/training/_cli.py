@@ -71,7 +71,11 @@ def build_parser() -> argparse.ArgumentParser:
         help_text = field.metadata["help"] + ("" if field.default is None else f" (default: {field.default})")
         if kind is bool:
             settings.add_argument(
-                *flags, dest=field.name, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=help_text
+                *flags,
+                dest=field.name,
+                action=argparse.BooleanOptionalAction,
+                default=argparse.SUPPRESS,
+                help=help_text,
             )
             continue
         settings.add_argument(
