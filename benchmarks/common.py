@@ -27,6 +27,8 @@ from matplotlib.figure import Figure
 from jaxsparse.training import git_commit, versions
 
 __all__ = [
+    "COMPILATION_CACHE",
+    "REPO_ROOT",
     "RESULTS",
     "argument_parser",
     "environment",
@@ -36,7 +38,10 @@ __all__ = [
     "write_results",
 ]
 
-RESULTS = Path(__file__).resolve().parent / "results"
+REPO_ROOT = Path(__file__).resolve().parent.parent
+RESULTS = REPO_ROOT / "benchmarks" / "results"
+COMPILATION_CACHE = RESULTS / "quick" / "jax-cache"
+"""A git-ignored XLA compilation cache for runs whose compile time is not being measured."""
 
 
 def argument_parser(doc: str) -> argparse.ArgumentParser:

@@ -42,7 +42,7 @@ from typing import Any
 
 from matplotlib.figure import Figure
 
-from benchmarks.common import RESULTS, argument_parser, output_path, write_results
+from benchmarks.common import COMPILATION_CACHE, argument_parser, output_path, write_results
 
 SPARSE_METHODS = ("static", "set", "rigl", "top_kast", "gradual_magnitude")
 DYNAMIC = ("set", "rigl", "top_kast")
@@ -377,7 +377,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     datasets, skipped = available(args.datasets)
     runs = plan(datasets, args.methods, args.sparsities, args.distributions, args.seeds, args.steps, args.update_every)
     csv_path = out.with_suffix(".csv")
-    rows = run_all(runs, csv_path, args.jobs, RESULTS / "quick" / "jax-cache")
+    rows = run_all(runs, csv_path, args.jobs, COMPILATION_CACHE)
     wanted = {run.key() for run in runs}
     rows = [row for row in rows if tuple(str(row[name]) for name in KEY) in wanted]
     table = aggregate(rows)

@@ -90,7 +90,7 @@ from jax.sharding import PartitionSpec as P
 from matplotlib.figure import Figure
 
 import jaxsparse as jsp
-from benchmarks.common import argument_parser, environment, output_path, summarize_ms, write_results
+from benchmarks.common import REPO_ROOT, argument_parser, environment, output_path, summarize_ms, write_results
 from benchmarks.speed.workloads import END_STEP, SPARSITY, UPDATE_EVERY, make_algorithm
 from jaxsparse.distributed import assert_replicas_equal, replicate
 
@@ -98,7 +98,6 @@ Params = dict[str, dict[str, jax.Array]]
 Batch = tuple[jax.Array, jax.Array]
 StepFn = Callable[[Params, Any, Batch], tuple[Params, Any]]
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 LEARNING_RATE = 0.1
 MOMENTUM = 0.9
 WARMUP_CALLS = 2

@@ -76,7 +76,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 import jaxsparse as jsp
-from benchmarks.common import RESULTS, argument_parser, output_path, write_results
+from benchmarks.common import COMPILATION_CACHE, REPO_ROOT, argument_parser, output_path, write_results
 from benchmarks.speed.workloads import (
     FULL_WORKLOADS,
     METHODS,
@@ -91,11 +91,9 @@ from jaxsparse.training import compilation_cache
 VARIANTS = ("dense", *METHODS)
 DEFAULT_MODELS = ("mlp", "vit")
 QUICK_MODELS = ("mlp",)  # each fresh process compiles the sparse init and step: keep the smoke test short
-QUICK_CACHE = RESULTS / "quick" / "jax-cache"
 STEPS = 5  # the last one is forced onto a mask-update step
 SPARSITY_TOLERANCE = 0.01  # per-layer floor counts on tiny layers move the total a little
 DYNAMIC = ("set", "rigl", "top_kast")
-ROOT = Path(__file__).resolve().parents[2]
 RECORDED_ENV_PREFIXES = ("XLA_", "JAX_", "MALLOC_")
 # ru_maxrss is in KiB on Linux and in bytes on macOS (getrusage(2)).
 RU_MAXRSS_BYTES = 1 if sys.platform == "darwin" else 1024
@@ -208,7 +206,7 @@ def measure_in_subprocess(model: str, method: str, quick: bool) -> dict[str, Any
     command = [sys.executable, "-m", "benchmarks.speed.memory", "--measure", model, method]
     command += ["--quick"] if quick else []
     env = {**os.environ, "XLA_PYTHON_CLIENT_PREALLOCATE": "false"}
-    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True)
+    done = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True)
     if done.returncode != 0:
         raise RuntimeError(f"measuring {method} on {model} failed:\n{done.stderr[-4000:]}")
     return json.loads(done.stdout.splitlines()[-1])
@@ -301,7 +299,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     args = parser.parse_args(argv)
     if args.measure is not None:
         model, method = args.measure
-        result = measure(workloads(args.quick, [model])[0], method, QUICK_CACHE if args.quick else None)
+        result = measure(workloads(args.quick, [model])[0], method, COMPILATION_CACHE if args.quick else None)
         print(json.dumps(result), flush=True)
         return result
     chosen = workloads(args.quick, args.models or (QUICK_MODELS if args.quick else DEFAULT_MODELS))
@@ -322,7 +320,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             "steps": f"{STEPS} per subprocess, the last at step {UPDATE_EVERY} (a mask update)",
             "xla_peak_bytes": "argument + output - alias + temp",
             "process_peak": "ru_maxrss of a fresh subprocess per variant, includes imports and XLA compilation",
-            "compilation_cache": str(QUICK_CACHE) if args.quick else None,
+            "compilation_cache": str(COMPILATION_CACHE) if args.quick else None,
             "env": {k: v for k, v in os.environ.items() if k.startswith(RECORDED_ENV_PREFIXES)},
         },
         "models": [

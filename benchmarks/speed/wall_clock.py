@@ -59,7 +59,14 @@ from typing import Any
 
 from matplotlib.figure import Figure
 
-from benchmarks.common import RESULTS, argument_parser, interleaved_times, output_path, summarize_ms, write_results
+from benchmarks.common import (
+    COMPILATION_CACHE,
+    argument_parser,
+    interleaved_times,
+    output_path,
+    summarize_ms,
+    write_results,
+)
 from jaxsparse.training import METHODS
 
 DATASET = "digits"
@@ -71,7 +78,6 @@ QUICK_STEPS = 20
 # With the default (50), 20 steps would hold one mask update, at step 0, where gradual magnitude
 # pruning's ramp is still dense; every 5 steps its ramp reaches the target at step 15 (75%).
 QUICK_UPDATE_EVERY = 5
-QUICK_CACHE = RESULTS / "quick" / "jax-cache"
 SPARSITY_TOLERANCE = 1e-3  # ERK's per-layer floor counts
 CACHE_VARIABLES = ("JAX_COMPILATION_CACHE", "JAX_PERSISTENT_CACHE")
 
@@ -187,7 +193,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     methods = args.methods
     steps = args.steps or (QUICK_STEPS if args.quick else STEPS)
     repeats = args.repeats or (1 if args.quick else REPEATS)
-    update_every, cache = (QUICK_UPDATE_EVERY, QUICK_CACHE) if args.quick else (None, None)
+    update_every, cache = (QUICK_UPDATE_EVERY, COMPILATION_CACHE) if args.quick else (None, None)
     summaries: dict[str, list[dict[str, Any]]] = {method: [] for method in methods}
     with tempfile.TemporaryDirectory(prefix="wall_clock-") as root:
         run_ids = itertools.count()

@@ -6,8 +6,9 @@ the low 16 bits of the keys in that bucket locates the key (8-bit digits, four p
 under 65,536 elements, where a 65,536-counter histogram would dominate). That is a few passes
 over the data (across devices, a sum of the histograms) instead of a sort or ``lax.top_k``, and it
 is exact because keys are compared as integers. It replaced a 32-pass bisection over key bits,
-which finds the same thresholds 1.2-2.6x slower on CPU at 1M-25M elements (but 0.9x at 4M; see
-``benchmarks/speed/selection.py``).
+which finds the same thresholds 1.2-2.6x slower on CPU at 1M-25M elements (but 0.9x at 4M), measured
+before that baseline left the selection benchmark (``benchmarks/speed/selection.py``, which now
+compares argsort, ``lax.top_k`` and ``approx_max_k``: 12-83x slower than this at 1M-128M).
 
 Every key ``> t`` is selected. Keys ``== t`` (ties) are chosen by a second radix select over a
 per-position priority, a keyed bijective hash of the flat position, so that the choice is
