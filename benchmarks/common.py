@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import jax
+import numpy as np
 from matplotlib.figure import Figure
 
 from jaxsparse.training import git_commit, versions
@@ -31,6 +32,7 @@ __all__ = [
     "REPO_ROOT",
     "RESULTS",
     "argument_parser",
+    "changed_entries",
     "environment",
     "interleaved_times",
     "output_path",
@@ -59,6 +61,15 @@ def output_path(args: argparse.Namespace, area: str, name: str) -> Path:
     if args.out is not None:
         return args.out
     return RESULTS / ("quick" if args.quick else area) / f"{name}.json"
+
+
+def changed_entries(before: Any, after: Any) -> int:
+    """How many array entries differ between two pytrees of the same structure (e.g. masks before and after a step).
+
+    Pass host copies (``jax.tree.map(np.array, ...)``) of anything a donating step may overwrite.
+    """
+    pairs = zip(jax.tree.leaves(before), jax.tree.leaves(after), strict=True)
+    return int(sum(np.count_nonzero(np.asarray(a) != np.asarray(b)) for a, b in pairs))
 
 
 def environment() -> dict[str, Any]:

@@ -91,7 +91,12 @@ class Run:
     seed: int
 
     def key(self) -> tuple[str, ...]:
-        return tuple(str(getattr(self, name)) for name in KEY)
+        return row_key(dataclasses.asdict(self))
+
+
+def row_key(row: dict[str, Any]) -> tuple[str, ...]:
+    """What identifies a run in the CSV: its settings, as the strings the CSV stores."""
+    return tuple(str(row[name]) for name in KEY)
 
 
 def plan(
@@ -187,7 +192,7 @@ def append_row(path: Path, row: dict[str, Any]) -> None:
 
 def run_all(runs: Sequence[Run], csv_path: Path, jobs: int, cache_dir: Path) -> list[dict[str, Any]]:
     """Trains the runs ``csv_path`` does not hold yet, appending each row as it finishes."""
-    done = {tuple(str(row[name]) for name in KEY) for row in read_rows(csv_path)}
+    done = {row_key(row) for row in read_rows(csv_path)}
     todo = [run for run in runs if run.key() not in done]
     print(f"{len(runs)} runs, {len(runs) - len(todo)} already in {csv_path}, {len(todo)} to train", flush=True)
     if jobs == 1:
@@ -379,7 +384,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     csv_path = out.with_suffix(".csv")
     rows = run_all(runs, csv_path, args.jobs, COMPILATION_CACHE)
     wanted = {run.key() for run in runs}
-    rows = [row for row in rows if tuple(str(row[name]) for name in KEY) in wanted]
+    rows = [row for row in rows if row_key(row) in wanted]
     table = aggregate(rows)
     record = {
         "benchmark": "accuracy sweep",

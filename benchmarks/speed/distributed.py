@@ -90,7 +90,15 @@ from jax.sharding import PartitionSpec as P
 from matplotlib.figure import Figure
 
 import jaxsparse as jsp
-from benchmarks.common import REPO_ROOT, argument_parser, environment, output_path, summarize_ms, write_results
+from benchmarks.common import (
+    REPO_ROOT,
+    argument_parser,
+    changed_entries,
+    environment,
+    output_path,
+    summarize_ms,
+    write_results,
+)
 from benchmarks.speed.workloads import END_STEP, SPARSITY, UPDATE_EVERY, make_algorithm
 from jaxsparse.distributed import assert_replicas_equal, replicate
 
@@ -212,12 +220,6 @@ def host_copy(tree: Any) -> Any:
     return jax.tree.map(np.array, tree)
 
 
-def changed_positions(before: Any, after: Any) -> int:
-    return int(
-        sum(np.count_nonzero(a != b) for a, b in zip(jax.tree.leaves(before), jax.tree.leaves(after), strict=True))
-    )
-
-
 # ---------------------------------------------------------------------------------------------
 # Trainers on n devices
 # ---------------------------------------------------------------------------------------------
@@ -310,7 +312,7 @@ def mask_changes(trainer: Trainer, step: int) -> int:
     trainer.set_step(step)
     before = host_copy(jsp.masks_of(trainer.state))
     trainer.run()
-    return changed_positions(before, host_copy(jsp.masks_of(trainer.state)))
+    return changed_entries(before, host_copy(jsp.masks_of(trainer.state)))
 
 
 # ---------------------------------------------------------------------------------------------

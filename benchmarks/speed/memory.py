@@ -76,7 +76,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 import jaxsparse as jsp
-from benchmarks.common import COMPILATION_CACHE, REPO_ROOT, argument_parser, output_path, write_results
+from benchmarks.common import COMPILATION_CACHE, REPO_ROOT, argument_parser, changed_entries, output_path, write_results
 from benchmarks.speed.workloads import (
     FULL_WORKLOADS,
     METHODS,
@@ -159,10 +159,7 @@ def check_sparse_state(method: str, params: Any, opt_state: Any, masks_before_up
         off_mask = sum(int(np.count_nonzero(np.asarray(p)[~m])) for p, m in pairs if m is not None)
         if off_mask:
             raise RuntimeError(f"{method}: {off_mask} parameters are non-zero off their masks")
-    changed = sum(
-        int(np.count_nonzero(a != b))
-        for a, b in zip(jax.tree.leaves(masks_before_update), jax.tree.leaves(masks), strict=True)
-    )
+    changed = changed_entries(masks_before_update, masks)
     if method in DYNAMIC and not changed:
         raise RuntimeError(f"{method}: the forced mask-update step (step {UPDATE_EVERY}) left every mask unchanged")
     return {"sparsity": sparsity, "expected_sparsity": expected, "mask_entries_changed_by_update_step": changed}

@@ -34,7 +34,14 @@ import numpy as np
 from matplotlib.figure import Figure
 
 import jaxsparse as jsp
-from benchmarks.common import argument_parser, interleaved_times, output_path, summarize_ms, write_results
+from benchmarks.common import (
+    argument_parser,
+    changed_entries,
+    interleaved_times,
+    output_path,
+    summarize_ms,
+    write_results,
+)
 from benchmarks.speed.workloads import (
     FULL_WORKLOADS,
     METHODS,
@@ -71,7 +78,7 @@ def masks_changed(trainer: Trainer, at: int) -> int:
     """Positions whose mask changes in one step taken at step ``at``."""
     before = host_masks(trainer)
     trainer.step(at)
-    return int(sum(np.count_nonzero(a != b) for a, b in zip(before, host_masks(trainer), strict=True)))
+    return changed_entries(before, host_masks(trainer))
 
 
 def bench_workload(workload: Workload, seed: int) -> dict[str, Any]:
