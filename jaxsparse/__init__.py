@@ -8,7 +8,18 @@ Example:
 
 from importlib.metadata import PackageNotFoundError, version
 
-from jaxsparse import algorithms, distributed, distributions, inspection, masks, schedules, scores, selection, transform
+from jaxsparse import (
+    algorithms,
+    distributed,
+    distributions,
+    inspection,
+    masks,
+    regularizers,
+    schedules,
+    scores,
+    selection,
+    transform,
+)
 from jaxsparse.algorithms import SparseAlgorithm, gradual_magnitude, rigl, set_, static, top_kast
 from jaxsparse.inspection import layer_stats, summary, total_sparsity
 from jaxsparse.masks import MaskPair, SparsityLayout, apply_masks
@@ -37,6 +48,7 @@ __all__ = [
     "layer_stats",
     "masks",
     "masks_of",
+    "regularizers",
     "rigl",
     "schedules",
     "scores",

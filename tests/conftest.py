@@ -13,7 +13,12 @@ os.environ["XLA_FLAGS"] = " ".join([os.environ.get("XLA_FLAGS", ""), "--xla_forc
 import jax  # noqa: E402
 import pytest  # noqa: E402
 
+import jaxsparse as jsp  # noqa: E402
+from tests import example_algorithm  # noqa: E402
 from tests.helpers import make_batch, make_mlp  # noqa: E402
+
+# The worked example of docs/design.md joins every registry-driven test with this one line.
+jsp.algorithms.register(example_algorithm.METHOD)
 
 jax.config.update("jax_numpy_rank_promotion", "raise")
 

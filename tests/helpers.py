@@ -43,3 +43,13 @@ def make_train_step(tx: optax.GradientTransformationExtraArgs):
         return optax.apply_updates(params, updates), state
 
     return step
+
+
+def registered_algorithms(sparsity: float = 0.8, **settings) -> dict:
+    """Every registered algorithm (built-ins and the worked example), built from the same small settings.
+
+    Defaults: ERK, masks updated every 2 steps from step 0 to step 100.
+    """
+    shared = dict(update_every=2, begin_step=0, end_step=100)
+    shared.update(settings)
+    return {method.name: method.make(sparsity, **shared) for method in jsp.algorithms.registered()}

@@ -45,7 +45,7 @@ def test_set_grows_uniformly_at_random():
     masks = algo.init_masks(params, jax.random.key(1))
     trials = 400
     keys = jax.random.split(jax.random.key(2), trials)
-    new = jax.vmap(lambda k: algo.update_rule(params, masks, None, jnp.int32(0), k)["w"])(keys)
+    new = jax.vmap(lambda k: algo.update_rule(params, masks, None, jnp.int32(0), k, ())[0]["w"])(keys)
     assert (np.asarray(new).reshape(trials, -1).sum(axis=1) == 40).all()
     # 40 active, 20 dropped; 20 grown among the 380 positions not kept. Positions inactive before
     # the update are each grown with probability 20/380 in every trial.
@@ -176,7 +176,7 @@ def test_top_kast_penalty_gradient_form():
     params = {"w": jnp.arange(1.0, 11.0).reshape(1, 10) * jnp.ones((10, 1))}
     algo = jsp.top_kast(0.9, 0.8, distribution="uniform", penalty=0.5)
     pair = algo.init_masks(params, jax.random.key(0))
-    g = algo.regularizer_gradient(params, pair)["w"]
+    g = algo.regularizer.gradient(params, pair, algo.plan(params), jnp.int32(0))["w"]
     a, b, w = pair.forward["w"], pair.backward["w"], params["w"]
     np.testing.assert_allclose(np.asarray(g[a]), 0.5 * np.asarray(w[a]))
     np.testing.assert_allclose(np.asarray(g[b & ~a]), 0.5 * np.asarray(w[b & ~a]) / 0.1, rtol=1e-6)
@@ -247,7 +247,7 @@ def test_layers_saturated_to_dense_stay_dense(build):
     assert plans["small"].zeros == 0 and plans["big"].zeros > 0
     grads = jax.tree.map(jnp.ones_like, params)
     masks = algo.update(params, algo.init_masks(params, jax.random.key(0)), grads, 1, jax.random.key(1))
-    for m in jax.tree.leaves(jsp.masks.forward_masks(masks)):
+    for m in jax.tree.leaves(algo.forward_masks(masks)):
         if m.shape == (10, 10):
             assert bool(m.all())
         else:

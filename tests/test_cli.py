@@ -97,3 +97,24 @@ def test_train_then_resume_a_finished_run(tmp_path, capsys):
         main(["train", "--resume", str(out), "--method", "set", "--quiet"])
     assert exit_.value.code == 2
     assert "differ from the checkpointed run: method (checkpoint 'rigl', requested 'set')" in capsys.readouterr().err
+
+
+def test_a_registered_algorithm_trains_from_the_command_line(tmp_path, capsys):
+    """The worked example of docs/design.md, registered in conftest.py, is a ``--method`` like any other."""
+    assert (
+        main(["train", *FLAGS, "--method", "averaged_growth", "--sparsity", "0.8", "--out", str(tmp_path), "--quiet"])
+        == 0
+    )
+    assert "averaged_growth on digits/mlp" in capsys.readouterr().out
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["config"]["method"] == "averaged_growth"
+    assert 0 < summary["flops"]["training_ratio"] < 1
+
+
+def test_method_options_are_flags(capsys):
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    text = capsys.readouterr().out
+    assert "--drop-fraction" in text and "--backward-sparsity" in text and "averaged_growth" in text
+    config = _config(build_parser().parse_args(["train", "--method", "top_kast", "--backward-sparsity", "0.5"]))
+    assert config.option("backward_sparsity") == 0.5 and config.to_dict()["backward_sparsity"] == 0.5

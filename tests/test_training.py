@@ -58,7 +58,8 @@ def test_dense_records_zero_sparsity():
         (dict(method="rigel"), "did you mean 'rigl'"),
         (dict(distribution="erdos"), "choose one of uniform, er, erk"),
         (dict(steps=0), "steps=0 is invalid"),
-        (dict(method="top_kast", sparsity=0.8, backward_sparsity=0.9), "backward_sparsity=0.9 is invalid"),
+        (dict(method="top_kast", sparsity=0.8, options={"backward_sparsity": 0.9}), "backward_sparsity=0.9 is invalid"),
+        (dict(options={"drop_fraktion": 0.1}), "unknown method option 'drop_fraktion' (did you mean 'drop_fraction'?)"),
         (dict(end_step=200, steps=100), "end_step=200 is invalid: must be at most steps=100"),
         (dict(begin_step=80, steps=100), "begin_step=80 is invalid: must be >= 0 and before the last mask-update"),
         (dict(warmup_steps=100, steps=100), "warmup_steps=100 is invalid"),
@@ -123,7 +124,10 @@ def test_make_algorithm_dense_and_top_kast():
     top_kast = make_algorithm(Config(method="top_kast", sparsity=0.9))
     assert (top_kast.layout.sparsity, top_kast.backward_layout.sparsity) == (0.9, pytest.approx(0.8))
     assert (
-        make_algorithm(Config(method="top_kast", sparsity=0.9, backward_sparsity=0.5)).backward_layout.sparsity == 0.5
+        make_algorithm(
+            Config.from_dict({"method": "top_kast", "sparsity": 0.9, "backward_sparsity": 0.5})
+        ).backward_layout.sparsity
+        == 0.5
     )
 
 

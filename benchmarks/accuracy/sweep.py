@@ -43,8 +43,10 @@ from typing import Any
 from matplotlib.figure import Figure
 
 from benchmarks.common import COMPILATION_CACHE, argument_parser, output_path, write_results
+from jaxsparse.algorithms import registered
 
-SPARSE_METHODS = ("static", "set", "rigl", "top_kast", "gradual_magnitude")
+SPARSE_METHODS = tuple(method.name for method in registered())
+"""Every registered algorithm: a newly registered one joins the sweep."""
 DYNAMIC = ("set", "rigl", "top_kast")
 SPARSITIES = (0.8, 0.9, 0.95, 0.98)
 DISTRIBUTIONS = ("uniform", "erk")

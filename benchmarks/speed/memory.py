@@ -61,6 +61,7 @@ Rerun from the repository root::
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import resource
@@ -115,7 +116,11 @@ def tree_bytes(tree: Any) -> int:
 def state_bytes(params: Any, model_state: Any, opt_state: Any) -> dict[str, Any]:
     """Bytes of the live training state; a sparse optimizer state also by ``SparsifyState`` field."""
     fields = (
-        {name: tree_bytes(getattr(opt_state, name)) for name in jsp.SparsifyState._fields}
+        {
+            field.name: tree_bytes(getattr(opt_state, field.name))
+            for field in dataclasses.fields(jsp.SparsifyState)
+            if not field.metadata.get("static")
+        }
         if isinstance(opt_state, jsp.SparsifyState)
         else None
     )
@@ -154,7 +159,7 @@ def check_sparse_state(method: str, params: Any, opt_state: Any, masks_before_up
     )
     if abs(sparsity - expected) > SPARSITY_TOLERANCE:
         raise RuntimeError(f"{method}: the masks are {sparsity:.4f} sparse after the steps, expected {expected:.4f}")
-    if not isinstance(opt_state.masks, jsp.MaskPair):  # Top-KAST keeps its weights dense by design
+    if not opt_state.algorithm.stores_dense:  # Top-KAST keeps its weights dense by design
         pairs = zip(jax.tree.leaves(params), jax.tree.leaves(masks, is_leaf=lambda x: x is None), strict=True)
         off_mask = sum(int(np.count_nonzero(np.asarray(p)[~m])) for p, m in pairs if m is not None)
         if off_mask:

@@ -67,7 +67,7 @@ from benchmarks.common import (
     summarize_ms,
     write_results,
 )
-from jaxsparse.training import METHODS
+from jaxsparse.training import method_names
 
 DATASET = "digits"
 MODEL = "mlp"
@@ -186,7 +186,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser = argument_parser(__doc__)
     parser.add_argument("--steps", type=int, default=None, help=f"training steps per run (default {STEPS})")
     parser.add_argument("--repeats", type=int, default=None, help=f"runs per method (default {REPEATS})")
-    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS, help="default: all")
+    parser.add_argument(
+        "--methods", nargs="+", default=list(method_names()), choices=method_names(), help="default: all"
+    )
     args = parser.parse_args(argv)
     if "dense" not in args.methods:
         parser.error("--methods must include dense: every ratio is to the dense run")

@@ -24,6 +24,7 @@ import jax.numpy as jnp
 import optax
 
 import jaxsparse as jsp
+from jaxsparse.algorithms import lookup, registered
 from jaxsparse.models import create_model
 from jaxsparse.training import make_train_step
 
@@ -40,7 +41,8 @@ __all__ = [
     "make_algorithm",
 ]
 
-METHODS = ("static", "set", "rigl", "top_kast", "gradual_magnitude")
+METHODS = tuple(method.name for method in registered())
+"""Every registered algorithm (``jaxsparse.algorithms.registered``)."""
 SPARSITY = 0.9
 UPDATE_EVERY = 100
 # Mask updates stay live for the whole benchmark (it only ever runs a few thousand steps).
@@ -76,16 +78,12 @@ QUICK_WORKLOADS = (Workload("MLP 32-64-64-10", "mlp", (32,), 8, {"hidden_sizes":
 
 
 def make_algorithm(method: str) -> jsp.SparseAlgorithm:
-    """``method`` at 90% sparsity (ERK), updating masks every 100 steps; Top-KAST backward at 80%."""
-    schedule = dict(distribution="erk", update_every=UPDATE_EVERY, end_step=END_STEP)
-    builders = {
-        "static": lambda: jsp.static(SPARSITY, distribution="erk"),
-        "set": lambda: jsp.set_(SPARSITY, **schedule),
-        "rigl": lambda: jsp.rigl(SPARSITY, **schedule),
-        "top_kast": lambda: jsp.top_kast(SPARSITY, 2 * SPARSITY - 1, **schedule),
-        "gradual_magnitude": lambda: jsp.gradual_magnitude(SPARSITY, **schedule),
-    }
-    return builders[method]()
+    """``method`` at 90% sparsity (ERK), updating masks every 100 steps, its options at their defaults.
+
+    Built from the registry, so a newly registered algorithm is benchmarked too (Top-KAST's default
+    backward set is 80% sparse).
+    """
+    return lookup(method).make(SPARSITY, distribution="erk", update_every=UPDATE_EVERY, end_step=END_STEP)
 
 
 @dataclasses.dataclass
@@ -123,8 +121,8 @@ def build_trainer(workload: Workload, method: str, seed: int = 0) -> Trainer:
     sparse = method != "dense"
     tx = jsp.sparsify(inner, make_algorithm(method), key=mask_key) if sparse else inner
     opt_state = jax.jit(tx.init)(params)
-    if sparse and not isinstance(opt_state.masks, jsp.MaskPair):  # Top-KAST keeps its weights dense
-        params = jsp.apply_masks(params, opt_state.masks)
+    if sparse and not opt_state.algorithm.stores_dense:  # Top-KAST keeps its weights dense
+        params = jsp.apply_masks(params, jsp.masks_of(opt_state))
     batch = {
         "inputs": jax.random.normal(input_key, (workload.batch_size, *workload.input_shape)),
         "labels": jax.random.randint(label_key, (workload.batch_size,), 0, NUM_CLASSES),

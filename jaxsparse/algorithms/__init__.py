@@ -1,19 +1,48 @@
-"""Sparse-training algorithms: immutable values bundling pure mask-update rules."""
+# ruff: noqa: I001 (the imports register the algorithms, in this order: the registry order)
+"""Sparse-training algorithms: immutable values bundling pure mask-update rules, and their registry.
 
-from jaxsparse.algorithms._base import SparseAlgorithm
-from jaxsparse.algorithms._drop_and_grow import DropAndGrow
-from jaxsparse.algorithms._factories import gradual_magnitude, rigl, set_, static, top_kast
-from jaxsparse.algorithms._gradual_magnitude import GradualMagnitude
-from jaxsparse.algorithms._top_kast import TopKast
+Each algorithm is one module (its final class, its factory and one ``register`` call); importing
+the module below registers it.
+"""
+
+from jaxsparse.algorithms._base import (
+    AlgorithmState,
+    ParamReset,
+    SparseAlgorithm,
+    grown_values,
+    layer_key,
+    newly_active,
+    sparse_forward_cost,
+)
+from jaxsparse.algorithms._registry import Method, Option, Settings, lookup, register, registered
+from jaxsparse.algorithms._static import Static, static
+from jaxsparse.algorithms._drop_and_grow import DropAndGrow, drop_count, rigl, set_
+from jaxsparse.algorithms._top_kast import ExplorationPenalty, TopKast, top_kast
+from jaxsparse.algorithms._gradual_magnitude import GradualMagnitude, gradual_magnitude
 
 __all__ = [
+    "AlgorithmState",
     "DropAndGrow",
+    "ExplorationPenalty",
     "GradualMagnitude",
+    "Method",
+    "Option",
+    "ParamReset",
+    "Settings",
     "SparseAlgorithm",
+    "Static",
     "TopKast",
+    "drop_count",
     "gradual_magnitude",
+    "grown_values",
+    "layer_key",
+    "lookup",
+    "newly_active",
+    "register",
+    "registered",
     "rigl",
     "set_",
+    "sparse_forward_cost",
     "static",
     "top_kast",
 ]

@@ -1,38 +1,70 @@
-"""The algorithm value: static hyperparameters plus pure mask-update functions.
+"""The algorithm protocol: pure functions of ``(params, masks, grads, step)``, plus the hooks every family needs.
 
-An algorithm is a frozen dataclass. Its behaviour is four pure functions of arrays:
+An algorithm is an immutable value: a frozen dataclass holding its layout, its update schedule and
+its hyperparameters. :class:`SparseAlgorithm` is abstract; every concrete algorithm is final
+(equinox's rule), so no algorithm is "the base one" and nothing needs to test types.
+
+**The centre.** Two pure functions give the masks:
 
 * ``init_masks(params, key) -> masks``: the masks at step 0;
-* ``is_update_step(step) -> bool``: whether ``step`` is on the mask-update grid;
-* ``update_rule(params, masks, grads, step, key) -> masks``: the new masks, unconditionally;
-* ``update(params, masks, grads, step, key) -> masks``: ``update_rule`` on update steps, the old
-  masks otherwise (a ``lax.cond``, so one compiled function serves every step).
+* ``update_rule(params, masks, grads, step, key, state) -> (masks, state)``: the new masks,
+  unconditionally; ``update`` / ``update_with_state`` run it under ``lax.cond`` on the schedule's
+  grid, so one compiled function serves every step.
 
-Everything else (which leaves, how sparse, when) is resolved from shapes in Python, so it costs
+**The extension points**, each with a default that does nothing:
+
+* *algorithm state* (``init_state``, ``observe``): a pytree carried in the ``sparsify`` state, e.g.
+  a momentum statistic or a rewind copy of the weights; ``observe`` updates it on every step.
+  Parameter-shaped state should mirror the params tree: it is then sharded and reset like them.
+* *how masks are used* (``forward_masks``, ``trainable_masks``, ``gradient_masks``,
+  ``stores_dense``): one mask for the forward pass, the optimizer and storage (masked algorithms),
+  or Top-KAST's nested ``A`` (forward) inside ``B`` (trained, dense storage).
+* *structure*: the layout's :class:`~jaxsparse.masks.Structure` decides the unit a mask entry
+  selects; masks are stored at group size and expanded where applied.
+* *a regulariser* (``regularizer``): a penalty's gradient and an optional proximal step.
+* *parameter actions* (``on_mask_change``): values to give parameters where masks change.
+* *a cost model* (``training_flops``, ``inference_flops``): FLOPs relative to dense training.
+
+Everything static (which leaves, how sparse, when) is resolved from shapes in Python, so it costs
 nothing at run time and cannot differ between devices.
 """
 
 from __future__ import annotations
 
-import dataclasses
+import abc
+import inspect
+from typing import Any, ClassVar, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 from jaxsparse.masks import (
     LayerPlan,
-    MaskPair,
     Masks,
     Params,
     SparsityLayout,
     check_masks,
-    forward_masks,
-    random_masks,
+    expand_masks,
+    mask_leaves,
+    masked,
 )
+from jaxsparse.regularizers import Regularizer
 from jaxsparse.schedules import UpdateSchedule
 
-__all__ = ["SparseAlgorithm", "layer_key"]
+__all__ = [
+    "AlgorithmState",
+    "ParamReset",
+    "SparseAlgorithm",
+    "grown_values",
+    "layer_key",
+    "newly_active",
+    "sparse_forward_cost",
+]
+
+AlgorithmState = Any
+"""An algorithm's own pytree state (``()`` when it has none)."""
 
 
 def layer_key(key: jax.Array, leaf_index: int) -> jax.Array:
@@ -40,32 +72,79 @@ def layer_key(key: jax.Array, leaf_index: int) -> jax.Array:
     return jax.random.fold_in(key, leaf_index)
 
 
-@dataclasses.dataclass(frozen=True, kw_only=True)
-class SparseAlgorithm:
-    """Base of all algorithms: a layout, an update schedule and the optimizer interplay.
+class ParamReset(NamedTuple):
+    """Parameter values an algorithm sets where its masks changed.
 
     Attributes:
-      name: the algorithm's name (``"static"`` for this base, which never changes masks).
-      layout: which leaves are sparsified and at what sparsity.
-      schedule: the mask-update grid; ``None`` means the masks never change.
-      skip_optimizer_on_update: on a mask-update step, apply no optimizer step (the RigL
-        reference's behaviour) and only move weights onto the new masks.
-      grow_init: ``jax.nn.initializers``-style ``init(key, shape, dtype)`` for newly grown weights.
+      values: a tree like the params; at each leaf, the values to move the parameter to, of its
+        shape or a scalar (``None``: leave the leaf alone).
+      where: a tree like the params of ``bool`` arrays of the parameters' shapes, where to set them.
     """
 
-    name: str = "static"
+    values: Params
+    where: Masks
+
+
+def newly_active(old: Masks, new: Masks) -> Masks:
+    """``new & ~old`` at every masked leaf (``None`` elsewhere)."""
+    return jax.tree.map(lambda a, b: b & ~a, old, new)
+
+
+def grown_values(params: Params, masks: Masks, value) -> Params:
+    """``value(leaf_index, param)`` at every leaf ``masks`` covers, ``None`` elsewhere (for a :class:`ParamReset`)."""
+    leaves = [
+        None if m is None else value(index, p)
+        for index, (p, m) in enumerate(zip(jax.tree.leaves(params), mask_leaves(params, masks), strict=True))
+    ]
+    return jax.tree.unflatten(jax.tree.structure(params), leaves)
+
+
+class SparseAlgorithm(abc.ABC):
+    """Abstract: a sparse-training algorithm (see the module docstring for the protocol).
+
+    Every concrete algorithm is a frozen, keyword-only dataclass with at least the fields
+    ``layout``, ``schedule`` (``None``: masks never change), ``skip_optimizer_on_update`` and
+    ``regularizer``, and a ``name``. It is final: subclassing a concrete algorithm raises.
+    """
+
+    name: str
     layout: SparsityLayout
-    schedule: UpdateSchedule | None = None
-    skip_optimizer_on_update: bool = True
-    grow_init: jax.nn.initializers.Initializer = jax.nn.initializers.zeros
+    schedule: UpdateSchedule | None
+    skip_optimizer_on_update: bool
+    regularizer: Regularizer | None
+
+    stores_dense: ClassVar[bool] = False
+    """Parameters are stored densely and keep their values off the trainable mask (Top-KAST); otherwise
+    they are exactly zero there."""
+    fixed_counts: ClassVar[bool] = True
+    """Every mask keeps its layout's exact count from step 0 (``False`` for pruning ramps)."""
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        for base in cls.__mro__[1:]:
+            if issubclass(base, SparseAlgorithm) and not inspect.isabstract(base):
+                raise TypeError(
+                    f"{base.__name__} is a final algorithm and cannot be subclassed: derive {cls.__name__} from "
+                    "jaxsparse.algorithms.SparseAlgorithm and compose the rules you need (scores, schedules) instead."
+                )
+
+    # ----- the layout ---------------------------------------------------------------------------
 
     def plan(self, params: Params) -> list[LayerPlan | None]:
         """The static per-leaf plan (``None`` for dense leaves) for these params."""
         return self.layout.plan(params)
 
-    def init_masks(self, params: Params, key: jax.Array) -> Masks | MaskPair:
-        """Uniformly random masks with exactly ``floor(S_l * N_l)`` zeros per layer."""
-        return random_masks(key, params, self.plan(params))
+    # ----- masks ----------------------------------------------------------------------------------
+
+    @abc.abstractmethod
+    def init_masks(self, params: Params, key: jax.Array) -> Masks:
+        """The masks at step 0, with exact per-layer counts."""
+
+    @abc.abstractmethod
+    def update_rule(
+        self, params: Params, masks: Masks, grads: Params | None, step: jax.Array, key: jax.Array, state: AlgorithmState
+    ) -> tuple[Masks, AlgorithmState]:
+        """The new masks and state, regardless of the schedule."""
 
     def is_update_step(self, step: jax.typing.ArrayLike) -> jax.Array:
         """Whether the masks change at ``step``."""
@@ -73,22 +152,40 @@ class SparseAlgorithm:
             return jnp.asarray(False)
         return self.schedule.is_update_step(step)
 
-    def update_rule(
-        self, params: Params, masks: Masks | MaskPair, grads: Params | None, step: jax.Array, key: jax.Array
-    ) -> Masks | MaskPair:
-        """The new masks, regardless of the schedule. Static masks never change."""
-        del params, grads, step, key
-        return masks
-
-    def update(
+    def update_with_state(
         self,
         params: Params,
-        masks: Masks | MaskPair,
+        masks: Masks,
         grads: Params | None,
         step: jax.typing.ArrayLike,
         key: jax.Array,
-    ) -> Masks | MaskPair:
+        state: AlgorithmState,
+    ) -> tuple[Masks, AlgorithmState]:
+        """One step of the algorithm: ``observe``, then ``update_rule`` on scheduled steps.
+
+        Returns:
+          The masks and algorithm state after this step.
+        """
+        if params is None:
+            raise ValueError(f"{self.name}.update needs params: pass the current parameter pytree.")
+        self.check_masks(params, masks)
+        step = jnp.asarray(step, jnp.int32)
+        state = self.observe(params, masks, grads, step, state)
+        if self.schedule is None:
+            return masks, state
+        return lax.cond(
+            self.is_update_step(step),
+            lambda: self.update_rule(params, masks, grads, step, key, state),
+            lambda: (masks, state),
+        )
+
+    def update(
+        self, params: Params, masks: Masks, grads: Params | None, step: jax.typing.ArrayLike, key: jax.Array
+    ) -> Masks:
         """The pure mask update: ``update_rule`` on scheduled steps, else the masks unchanged.
+
+        For an algorithm with state this starts from ``init_state``; carry the state with
+        :meth:`update_with_state` instead.
 
         Args:
           params: current parameters.
@@ -100,19 +197,98 @@ class SparseAlgorithm:
         Returns:
           The masks after this step, of the same structure, with exact per-layer counts.
         """
-        if params is None:
-            raise ValueError(f"{self.name}.update needs params: pass the current parameter pytree.")
-        check_masks(params, forward_masks(masks))
-        if self.schedule is None:
-            return masks
-        step = jnp.asarray(step, jnp.int32)
-        return lax.cond(
-            self.is_update_step(step),
-            lambda: self.update_rule(params, masks, grads, step, key),
-            lambda: masks,
-        )
+        return self.update_with_state(params, masks, grads, step, key, self.init_state(params, masks))[0]
 
-    def regularizer_gradient(self, params: Params, masks: Masks | MaskPair) -> Params | None:
-        """Gradient of an algorithm-specific penalty added to the loss gradient (default: none)."""
+    def check_masks(self, params: Params, masks: Masks) -> None:
+        """Raises a ``ValueError`` naming the leaf unless ``masks`` fits this algorithm's layout of ``params``."""
+        plans = self.plan(params)
+        check_masks(params, self.forward_masks(masks), plans)
+        check_masks(params, self.trainable_masks(masks), plans)
+
+    # ----- algorithm state ------------------------------------------------------------------------
+
+    def init_state(self, params: Params, masks: Masks) -> AlgorithmState:
+        """The algorithm's own state at step 0 (default: none, ``()``)."""
         del params, masks
+        return ()
+
+    def observe(
+        self, params: Params, masks: Masks, grads: Params | None, step: jax.Array, state: AlgorithmState
+    ) -> AlgorithmState:
+        """The state after seeing this step's gradients, on every step (default: unchanged)."""
+        del params, masks, grads, step
+        return state
+
+    # ----- how the masks are used -----------------------------------------------------------------
+
+    def forward_masks(self, masks: Masks) -> Masks:
+        """The masks the forward pass uses (default: the masks)."""
+        return masks
+
+    def trainable_masks(self, masks: Masks) -> Masks:
+        """The masks of the weights the optimizer updates (default: the masks)."""
+        return masks
+
+    def gradient_masks(self, masks: Masks) -> Masks | None:
+        """Where the forward pass lets the gradient through; ``None`` passes it straight through, dense."""
+        del masks
         return None
+
+    def forward_params(self, params: Params, masks: Masks) -> Params:
+        """``masked(theta, forward mask, gradient mask)`` at every sparsified leaf (structure expanded)."""
+        self.check_masks(params, masks)
+        plans = self.plan(params)
+        forward = mask_leaves(params, expand_masks(params, self.forward_masks(masks), plans))
+        through = self.gradient_masks(masks)
+        gradient = (
+            [None] * len(forward) if through is None else mask_leaves(params, expand_masks(params, through, plans))
+        )
+        leaves = [
+            p if f is None else masked(p, f, g)
+            for p, f, g in zip(jax.tree.leaves(params), forward, gradient, strict=True)
+        ]
+        return jax.tree.unflatten(jax.tree.structure(params), leaves)
+
+    # ----- parameter actions ----------------------------------------------------------------------
+
+    def on_mask_change(
+        self,
+        params: Params,
+        old: Masks,
+        new: Masks,
+        state: AlgorithmState,
+        key: jax.Array,
+        is_update: jax.Array,
+    ) -> ParamReset | None:
+        """Parameter values to set where the trainable mask changed (default: grown weights restart at 0).
+
+        ``old`` and ``new`` are the trainable masks before and after this step, expanded to the
+        parameters' shapes. Restarting grown weights from zero (the RigL reference's and GaP's
+        choice) holds even if the parameters were never projected onto the initial masks.
+        """
+        del state, key, is_update
+        return ParamReset(grown_values(params, old, lambda index, p: jnp.zeros((), p.dtype)), newly_active(old, new))
+
+    # ----- cost model -----------------------------------------------------------------------------
+
+    @abc.abstractmethod
+    def training_flops(
+        self, flops: np.ndarray, forward_density: np.ndarray, trainable_density: np.ndarray, total_steps: int
+    ) -> float:
+        """Training FLOPs of ``total_steps`` steps relative to dense training (see :mod:`jaxsparse.inspection`).
+
+        Args:
+          flops: dense forward FLOPs of each layer of one step.
+          forward_density: each layer's density of the forward mask (1 for dense layers).
+          trainable_density: each layer's density of the trainable mask.
+          total_steps: steps ``0 .. total_steps - 1``.
+        """
+
+    def inference_flops(self, flops: np.ndarray, forward_density: np.ndarray) -> float:
+        """``f_S / f_D = sum_l d_l f_l / sum_l f_l`` of the forward masks (Evci et al. 2020)."""
+        return float(forward_density @ flops / flops.sum())
+
+
+def sparse_forward_cost(flops: np.ndarray, density: np.ndarray) -> float:
+    """``3 f_S / 3 f_D``: a training step whose three passes all run at ``density``."""
+    return float(3.0 * (density @ flops) / (3.0 * flops.sum()))

@@ -23,7 +23,8 @@ penalised more than active weights. We implement the squared-L2 form
 with ``D`` the layer's forward density. The paper states an L2 penalty on ``B`` whose ``B \\ A``
 part is scaled by ``1/D``, without settling the squared form; we use the squared norm because it
 is smooth at 0 (no sign flip-flop of sparse weights), reduces to ordinary weight decay on ``A``,
-and its gradient is well defined for every weight. Parameters outside ``B`` are not penalised.
+and its gradient is well defined for every weight. Parameters outside ``B`` are not penalised. The
+penalty is the algorithm's :class:`ExplorationPenalty` regulariser.
 
 References:
   Jayakumar, Pascanu, Rae, Osindero, Elsen, "Top-KAST: Top-K Always Sparse Training",
@@ -33,29 +34,96 @@ References:
 from __future__ import annotations
 
 import dataclasses
+import typing
 
 import jax
 import jax.numpy as jnp
 
-from jaxsparse.algorithms._base import SparseAlgorithm, layer_key
-from jaxsparse.masks import MaskPair, Params, SparsityLayout, masks_from_leaves
+from jaxsparse.algorithms._base import AlgorithmState, SparseAlgorithm, layer_key
+from jaxsparse.algorithms._factory_options import make_layout
+from jaxsparse.algorithms._registry import Method, Option, Settings, register
+from jaxsparse.masks import MaskPair, Masks, Params, SparsityLayout, mask_leaves, masks_from_leaves
+from jaxsparse.regularizers import Regularizer, as_schedule
+from jaxsparse.schedules import Schedule, UpdateSchedule
 from jaxsparse.selection import top_k_mask
 
-__all__ = ["TopKast"]
+__all__ = ["ExplorationPenalty", "TopKast", "top_kast"]
 
 
+@typing.final
+@dataclasses.dataclass(frozen=True)
+class ExplorationPenalty(Regularizer):
+    """Top-KAST's ``R = lambda/2 (sum_A theta^2 + 1/D sum_{B \\ A} theta^2)`` on a :class:`MaskPair`.
+
+    Attributes:
+      strength: ``lambda``, a float or a schedule.
+    """
+
+    strength: float | Schedule
+
+    def __post_init__(self):
+        object.__setattr__(self, "strength", as_schedule(self.strength, "penalty"))
+
+    def _weights(self, params: Params, masks: MaskPair, plans) -> list[jax.Array | None]:
+        """``1_A + 1_{B \\ A} / D_l`` per sparsified leaf, expanded to the parameter's shape."""
+        weights = []
+        for param, plan, a, b in zip(
+            jax.tree.leaves(params),
+            plans,
+            mask_leaves(params, masks.forward),
+            mask_leaves(params, masks.backward),
+            strict=True,
+        ):
+            if plan is None:
+                weights.append(None)
+                continue
+            a, b = plan.structure.expand(a, plan.shape), plan.structure.expand(b, plan.shape)
+            density = plan.active / plan.size
+            weights.append(jnp.where(a, 1.0, jnp.where(b, 1.0 / density, 0.0)).astype(param.dtype))
+        return weights
+
+    def value(self, params: Params, masks: MaskPair, plans, step) -> jax.Array:
+        terms = [
+            jnp.sum(w * jnp.square(p)).astype(jnp.float32)
+            for p, w in zip(jax.tree.leaves(params), self._weights(params, masks, plans), strict=True)
+            if w is not None
+        ]
+        return 0.5 * jnp.asarray(self.strength(step), jnp.float32) * sum(terms)
+
+    def gradient(self, params: Params, masks: MaskPair, plans, step) -> Params:
+        """``lambda * theta * (1_A + 1_{B \\ A} / D_l)``; zero outside ``B`` and at dense leaves."""
+        strength = self.strength(step)
+        leaves = [
+            jnp.zeros_like(p) if w is None else jnp.asarray(strength, p.dtype) * w * p
+            for p, w in zip(jax.tree.leaves(params), self._weights(params, masks, plans), strict=True)
+        ]
+        return jax.tree.unflatten(jax.tree.structure(params), leaves)
+
+
+@typing.final
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class TopKast(SparseAlgorithm):
     """Top-KAST with forward layout ``layout`` (set A) and ``backward_layout`` (set B).
 
+    Its masks are a :class:`~jaxsparse.masks.MaskPair`: the forward pass sees ``theta * A`` with the
+    gradient restricted to ``B``, the optimizer trains ``B``, and weights are stored densely.
+
     Attributes:
+      layout: the layout of ``A``.
       backward_layout: the layout of ``B``; its sparsity is at most the forward sparsity.
-      penalty: the exploration-penalty coefficient ``lambda`` (0 disables it).
+      schedule: the recomputation grid of ``A`` and ``B``.
+      regularizer: the exploration penalty (``None`` disables it).
+      skip_optimizer_on_update: apply no optimizer step when the sets are recomputed.
     """
 
     name: str = "top_kast"
+    layout: SparsityLayout
     backward_layout: SparsityLayout
-    penalty: float = 1e-4
+    schedule: UpdateSchedule
+    regularizer: Regularizer | None = None
+    skip_optimizer_on_update: bool = False
+
+    stores_dense: typing.ClassVar[bool] = True
 
     def __post_init__(self):
         if self.backward_layout.sparsity > self.layout.sparsity:
@@ -64,8 +132,6 @@ class TopKast(SparseAlgorithm):
                 f"{self.layout.sparsity}: the backward set B must contain the forward set A, so use "
                 "backward_sparsity <= forward_sparsity (e.g. 0.8 with 0.9)."
             )
-        if not self.penalty >= 0:
-            raise ValueError(f"penalty must be >= 0, got {self.penalty!r}.")
 
     def _select(self, params: Params, key: jax.Array) -> MaskPair:
         forward_plans = self.layout.plan(params)
@@ -79,10 +145,10 @@ class TopKast(SparseAlgorithm):
                 backward.append(None)
                 continue
             if a_plan.zeros == 0:  # a layer saturated to dense: A = B = everything
-                forward.append(jnp.ones(a_plan.shape, bool))
-                backward.append(jnp.ones(a_plan.shape, bool))
+                forward.append(jnp.ones(a_plan.mask_shape, bool))
+                backward.append(jnp.ones(a_plan.mask_shape, bool))
                 continue
-            scores = jnp.abs(param)
+            scores = a_plan.structure.group_scores(jnp.abs(param))
             seed = jax.random.bits(layer_key(key, index), (), jnp.uint32)
             # One score array and one tie seed give one total order, so A (a shorter prefix of
             # it) is always inside B, even among tied magnitudes.
@@ -95,29 +161,112 @@ class TopKast(SparseAlgorithm):
         return self._select(params, key)
 
     def update_rule(
-        self, params: Params, masks: MaskPair, grads: Params | None, step: jax.Array, key: jax.Array
-    ) -> MaskPair:
+        self, params: Params, masks: MaskPair, grads, step, key: jax.Array, state: AlgorithmState
+    ) -> tuple[MaskPair, AlgorithmState]:
         """Recompute ``A`` and ``B`` from the current ``|theta|`` (gradients are not used)."""
         del masks, grads, step
-        return self._select(params, key)
+        return self._select(params, key), state
 
-    def regularizer_gradient(self, params: Params, masks: MaskPair) -> Params | None:
-        """``lambda * theta * (1_A + 1_{B \\ A} / D_l)``; zero outside ``B`` and at dense leaves."""
-        if self.penalty == 0:
-            return None
-        plans = self.layout.plan(params)
-        leaves = []
-        for param, plan, a, b in zip(
-            jax.tree.leaves(params),
-            plans,
-            jax.tree.leaves(masks.forward, is_leaf=lambda x: x is None),
-            jax.tree.leaves(masks.backward, is_leaf=lambda x: x is None),
-            strict=True,
-        ):
-            if plan is None:
-                leaves.append(jnp.zeros_like(param))
-                continue
-            density = plan.active / plan.size
-            weight = jnp.where(a, 1.0, jnp.where(b, 1.0 / density, 0.0)).astype(param.dtype)
-            leaves.append(jnp.asarray(self.penalty, param.dtype) * weight * param)
-        return jax.tree.unflatten(jax.tree.structure(params), leaves)
+    def forward_masks(self, masks: MaskPair) -> Masks:
+        """The forward set ``A``."""
+        return masks.forward
+
+    def trainable_masks(self, masks: MaskPair) -> Masks:
+        """The backward set ``B``: the weights the optimizer trains."""
+        return masks.backward
+
+    def gradient_masks(self, masks: MaskPair) -> Masks:
+        """``B``: the gradient of ``theta * A`` flows to ``theta`` on ``B`` only (eq. 3)."""
+        return masks.backward
+
+    def on_mask_change(self, params, old, new, state, key, is_update) -> None:
+        """Nothing: weights are stored densely, so a weight entering ``B`` resumes from its stored value."""
+        del params, old, new, state, key, is_update
+
+    def training_flops(self, flops, forward_density, trainable_density, total_steps) -> float:
+        """``(2 f_A + f_B) / 3 f_D``: the forward pass and the input gradient on ``A``, the weight gradient on ``B``."""
+        del total_steps
+        return float((2.0 * (forward_density @ flops) + trainable_density @ flops) / (3.0 * flops.sum()))
+
+
+def top_kast(
+    forward_sparsity: float,
+    backward_sparsity: float,
+    *,
+    distribution: str = "erk",
+    update_every: int = 1,
+    begin_step: int = 0,
+    end_step: int | None = None,
+    penalty: float | Schedule = 1e-4,
+    skip_optimizer_on_update: bool = False,
+    **layout_options,
+) -> TopKast:
+    """Top-KAST: forward on the top ``D`` weights, train the top ``D + M``.
+
+    Args:
+      forward_sparsity: sparsity of the forward set ``A`` (``1 - D``).
+      backward_sparsity: sparsity of the backward set ``B`` (``1 - D - M``), at most
+        ``forward_sparsity``.
+      distribution: how both sparsities are laid out over layers.
+      update_every: steps between recomputations of ``A`` and ``B`` (the paper: every step).
+      begin_step: first recomputation step.
+      end_step: last recomputation step (``None``: to the end of training).
+      penalty: exploration-penalty coefficient ``lambda`` or its schedule (0 disables it; see
+        :class:`ExplorationPenalty`).
+      skip_optimizer_on_update: apply no optimizer step when the sets are recomputed.
+      **layout_options: further :class:`~jaxsparse.masks.SparsityLayout` fields.
+
+    Returns:
+      The algorithm.
+
+    Example:
+      >>> algo = top_kast(0.9, 0.8)
+      >>> algo.layout.sparsity, algo.backward_layout.sparsity
+      (0.9, 0.8)
+
+    References:
+      Jayakumar et al., "Top-KAST: Top-K Always Sparse Training", NeurIPS 2020.
+    """
+    return TopKast(
+        layout=make_layout(forward_sparsity, distribution, layout_options),
+        backward_layout=make_layout(backward_sparsity, distribution, layout_options),
+        schedule=UpdateSchedule(begin_step, end_step, update_every),
+        regularizer=ExplorationPenalty(penalty) if callable(penalty) or penalty != 0 else None,
+        skip_optimizer_on_update=skip_optimizer_on_update,
+    )
+
+
+def _backward_sparsity(settings: Settings) -> float:
+    """The option, or by default a backward set twice as dense as the forward set: ``1 - 2(1 - S)``.
+
+    Jayakumar et al. 2020 train e.g. 80% sparse backward for 90% sparse forward.
+    """
+    chosen = settings.options["backward_sparsity"]
+    return max(0.0, 2.0 * settings.sparsity - 1.0) if chosen is None else chosen
+
+
+def _build(settings: Settings) -> TopKast:
+    return top_kast(
+        settings.sparsity,
+        _backward_sparsity(settings),
+        distribution=settings.distribution,
+        dense_first_layer=settings.dense_first_layer,
+        update_every=settings.update_every,
+        begin_step=settings.begin_step,
+        end_step=settings.end_step,
+    )
+
+
+BACKWARD_SPARSITY = Option(
+    "backward_sparsity",
+    float,
+    None,
+    "top_kast: sparsity of the backward set, <= --sparsity (default: 2*sparsity-1, at least 0)",
+    valid=lambda value, settings: value is None or 0.0 <= value <= settings.sparsity,
+    rule="must be in [0, sparsity] (Top-KAST trains a superset of the forward weights)",
+)
+register(
+    Method(
+        "top_kast", _build, "forward on the top-D |w|, train the top D+M (Jayakumar et al. 2020)", (BACKWARD_SPARSITY,)
+    )
+)

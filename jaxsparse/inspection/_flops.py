@@ -27,15 +27,15 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import jax
 import numpy as np
 from jax.extend import core as jex_core
 
-from jaxsparse.algorithms import DropAndGrow, GradualMagnitude, SparseAlgorithm, TopKast
-from jaxsparse.masks import MaskPair, Masks, Params, forward_masks, leaf_name
-from jaxsparse.scores import magnitude, random
-from jaxsparse.transform import SparsifyState
+from jaxsparse.algorithms import SparseAlgorithm
+from jaxsparse.masks import Masks, Params, leaf_name
+from jaxsparse.transform import find_sparsify_state
 
 __all__ = ["inference_flops_ratio", "layer_flops", "training_flops_ratio"]
 
@@ -54,8 +54,6 @@ _SHAPE_ONLY = frozenset(
     }
 )
 _ARRAY_TYPES = (jax.Array, np.ndarray, jax.ShapeDtypeStruct)
-# Scores that read no gradient: drop-and-grow with only these (SET) never needs the dense gradient.
-_GRADIENT_FREE_SCORES = (magnitude, random)
 
 
 def _product_flops(eqn: jex_core.JaxprEqn) -> int:
@@ -188,10 +186,6 @@ def layer_flops(apply_fn: Callable[..., object], params: Params, *args, **kwargs
     return {leaf_name(path): count for path, count in zip(paths, counts, strict=True) if count}
 
 
-def _mask_tree(state_or_masks: SparsifyState | Masks | MaskPair) -> Masks | MaskPair:
-    return state_or_masks.masks if isinstance(state_or_masks, SparsifyState) else state_or_masks
-
-
 def _densities(dense_flops: Mapping[str, int], masks: Masks) -> np.ndarray:
     """The density of each layer of ``dense_flops``, in its order (1 for dense leaves)."""
     density = {}
@@ -215,7 +209,25 @@ def _flops(dense_flops: Mapping[str, int]) -> np.ndarray:
     return flops
 
 
-def inference_flops_ratio(dense_flops: Mapping[str, int], state_or_masks: SparsifyState | Masks | MaskPair) -> float:
+def _views(state_or_masks: Any, algorithm: SparseAlgorithm | None) -> tuple[Masks, Masks, SparseAlgorithm | None]:
+    """The forward and trainable masks, and the algorithm (from the state when it holds one)."""
+    found = find_sparsify_state(state_or_masks)
+    if found is not None:
+        algorithm, masks = found.algorithm, found.masks
+    else:
+        masks = state_or_masks
+    if algorithm is None:
+        return masks, masks, None
+    try:
+        return algorithm.forward_masks(masks), algorithm.trainable_masks(masks), algorithm
+    except AttributeError:
+        raise ValueError(
+            f"these masks are not {algorithm.name}'s: pass its sparsify state, or its masks as "
+            f"algo.init_masks returns them (Top-KAST: a MaskPair of both sets)."
+        ) from None
+
+
+def inference_flops_ratio(dense_flops: Mapping[str, int], state_or_masks: Any) -> float:
     """``f_S / f_D``: the FLOPs of a sparse forward pass relative to the dense one.
 
     .. math::
@@ -223,12 +235,12 @@ def inference_flops_ratio(dense_flops: Mapping[str, int], state_or_masks: Sparsi
         \\frac{f_S}{f_D} = \\frac{\\sum_l d_l\\, f_{D,l}}{\\sum_l f_{D,l}}
 
     with ``d_l`` the density of layer ``l``'s forward mask (Top-KAST: the set ``A``); dense leaves
-    count at density 1 (Evci et al. 2020).
+    count at density 1 (Evci et al. 2020). With a state, the algorithm's own model is used.
 
     Args:
       dense_flops: per-layer dense FLOPs, from :func:`layer_flops`.
-      state_or_masks: a :func:`~jaxsparse.sparsify` state, a mask tree or a
-        :class:`~jaxsparse.masks.MaskPair`, for the params ``dense_flops`` was computed on.
+      state_or_masks: a :func:`~jaxsparse.sparsify` state (or any state holding one), or a mask
+        tree for the params ``dense_flops`` was computed on.
 
     Returns:
       The ratio, in ``(0, 1]``.
@@ -240,57 +252,41 @@ def inference_flops_ratio(dense_flops: Mapping[str, int], state_or_masks: Sparsi
       0.625
     """
     flops = _flops(dense_flops)
-    densities = _densities(dense_flops, forward_masks(_mask_tree(state_or_masks)))
-    return float(densities @ flops / flops.sum())
-
-
-def _sparsity_in_effect(algorithm: GradualMagnitude, total_steps: int) -> np.ndarray:
-    """The global sparsity of the masks the forward pass of each step ``0 .. total_steps-1`` sees.
-
-    The masks start at ``initial_sparsity``; an update at step ``u`` (computed after step ``u``'s
-    gradients) sets them to the ramp's ``s_u``, which steps ``u + 1, ...`` then use.
-    """
-    steps = np.arange(total_steps)
-    updates = np.asarray(algorithm.is_update_step(steps))
-    ramp = np.asarray(algorithm.sparsity_schedule(steps), dtype=np.float64)
-    last = np.maximum.accumulate(np.where(updates, steps, -1))
-    after = np.where(last >= 0, ramp[np.maximum(last, 0)], algorithm.initial_sparsity)
-    return np.concatenate([[algorithm.initial_sparsity], after[:-1]])
+    forward, _, algorithm = _views(state_or_masks, None)
+    densities = _densities(dense_flops, forward)
+    if algorithm is None:
+        return float(densities @ flops / flops.sum())
+    return algorithm.inference_flops(flops, densities)
 
 
 def training_flops_ratio(
     algorithm: SparseAlgorithm,
     dense_flops: Mapping[str, int],
-    state_or_masks: SparsifyState | Masks | MaskPair,
+    state_or_masks: Any,
     *,
     total_steps: int,
 ) -> float:
     """Training FLOPs of ``total_steps`` steps of ``algorithm`` relative to dense training.
 
-    Dense training costs ``3 f_D`` per step. Per step, with ``f_S`` the sparse forward FLOPs of the
-    masks (Evci et al. 2020):
+    Dense training costs ``3 f_D`` per step. The sparse cost is the algorithm's own model
+    (``SparseAlgorithm.training_flops``), from each layer's density of its forward and trainable
+    masks. For the built-in algorithms, with ``f_S`` the sparse forward FLOPs (Evci et al. 2020):
 
     * **static** and **SET**: ``3 f_S`` (choosing masks needs no gradient);
     * **RigL**: ``3 f_S`` on normal steps and ``2 f_S + f_D`` on mask-update steps, whose weight
-      gradient is dense. The paper's per-step average ``(3 f_S ΔT + 2 f_S + f_D) / (ΔT + 1)`` counts
-      the update as one step added to every ``ΔT``; here the update steps are counted exactly, from
-      the algorithm's schedule (``begin_step``, ``end_step``) over ``total_steps``, which for updates
-      throughout training gives ``(3 f_S (ΔT - 1) + 2 f_S + f_D) / ΔT``. Any other drop-and-grow
-      score than ``|θ|`` and random is assumed to need the dense gradient, like RigL's;
+      gradient is dense, with the update steps counted exactly from the schedule over
+      ``total_steps``: for updates throughout training ``(3 f_S (ΔT - 1) + 2 f_S + f_D) / ΔT``;
     * **Top-KAST**: ``2 f_A + f_B``: the forward pass and the input gradient use the weights in
-      ``A``, and the weight gradient is computed on ``B`` only (Jayakumar et al. 2020, Section 2),
-      by the same per-pass accounting as RigL's ``2 f_S + f_D``;
-    * **gradual magnitude pruning**: ``3 f_S(t)`` averaged over the steps, where the masks of step
-      ``t`` are at the sparsity that the pruning ramp set at the last update before ``t`` (Zhu &
-      Gupta 2017). Each layer ``l`` is taken at sparsity ``S_l s_t / S``, with ``S_l`` its final
-      sparsity in ``state_or_masks`` (exact for ``scope="layer"``, the proportional estimate for
-      ``scope="global"``).
+      ``A``, and the weight gradient is computed on ``B`` only (Jayakumar et al. 2020, Section 2);
+    * **gradual magnitude pruning**: ``3 f_S(t)`` averaged over the steps, at the sparsity that the
+      pruning ramp set at the last update before ``t`` (Zhu & Gupta 2017).
 
     Args:
       algorithm: the algorithm that produced the masks.
       dense_flops: per-layer dense FLOPs of one step's forward pass, from :func:`layer_flops`.
-      state_or_masks: the state or masks at the end of training (for Top-KAST, with both sets:
-        the state or a :class:`~jaxsparse.masks.MaskPair`). Only each layer's density is used.
+      state_or_masks: the state (or any state holding it) or the algorithm's masks at the end of
+        training (for Top-KAST, a :class:`~jaxsparse.masks.MaskPair` of both sets). Only each
+        layer's density is used.
       total_steps: the number of training steps (steps ``0 .. total_steps - 1``).
 
     Returns:
@@ -306,34 +302,7 @@ def training_flops_ratio(
     if isinstance(total_steps, bool) or not isinstance(total_steps, int) or total_steps < 1:
         raise ValueError(f"total_steps must be a positive int, got {total_steps!r}.")
     flops = _flops(dense_flops)
-    dense = 3.0 * flops.sum()
-    masks = _mask_tree(state_or_masks)
-    if isinstance(algorithm, TopKast):
-        if not isinstance(masks, MaskPair):
-            raise ValueError("Top-KAST's training FLOPs need both sets: pass its state or a MaskPair(A, B).")
-        forward = _densities(dense_flops, masks.forward) @ flops
-        backward = _densities(dense_flops, masks.backward) @ flops
-        return float((2.0 * forward + backward) / dense)
-    if isinstance(masks, MaskPair):
-        raise ValueError(f"a MaskPair belongs to Top-KAST, not to {algorithm.name!r}: pass that algorithm's masks.")
-    densities = _densities(dense_flops, masks)
-    if isinstance(algorithm, GradualMagnitude):
-        final = algorithm.layout.sparsity
-        if final == 0:
-            return 1.0
-        in_effect = _sparsity_in_effect(algorithm, total_steps)
-        layer_sparsity = (1.0 - densities)[None, :] * (in_effect / final)[:, None]
-        return float(((1.0 - layer_sparsity) @ flops).mean() * 3.0 / dense)
-    sparse = densities @ flops
-    if isinstance(algorithm, DropAndGrow):
-        if algorithm.grow_score in _GRADIENT_FREE_SCORES and algorithm.drop_score in _GRADIENT_FREE_SCORES:
-            return float(3.0 * sparse / dense)
-        updates = int(np.count_nonzero(np.asarray(algorithm.is_update_step(np.arange(total_steps)))))
-        total = 3.0 * sparse * (total_steps - updates) + (2.0 * sparse + flops.sum()) * updates
-        return float(total / (dense * total_steps))
-    if type(algorithm) is SparseAlgorithm:  # static masks
-        return float(3.0 * sparse / dense)
-    raise TypeError(
-        f"training_flops_ratio knows static, SET/RigL (DropAndGrow), Top-KAST and gradual magnitude "
-        f"pruning, not {type(algorithm).__name__}."
+    forward, trainable, _ = _views(state_or_masks, algorithm)
+    return algorithm.training_flops(
+        flops, _densities(dense_flops, forward), _densities(dense_flops, trainable), total_steps
     )

@@ -6,12 +6,13 @@ These functions read concrete arrays and return Python numbers; call them outsid
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 import jax
 import numpy as np
 
-from jaxsparse.masks import MaskPair, Masks, Params, check_masks, forward_masks, leaf_name
-from jaxsparse.transform import SparsifyState
+from jaxsparse.masks import Masks, Params, check_masks, leaf_name, mask_leaves
+from jaxsparse.transform import find_sparsify_state, masks_of
 
 __all__ = ["LayerStats", "layer_stats", "summary", "total_sparsity"]
 
@@ -42,18 +43,18 @@ class LayerStats:
         return 1.0 - self.active / self.size if self.size else 0.0
 
 
-def _masks(state_or_masks: SparsifyState | Masks | MaskPair) -> Masks:
-    masks = state_or_masks.masks if isinstance(state_or_masks, SparsifyState) else state_or_masks
-    return forward_masks(masks)
+def _masks(state_or_masks: Any) -> Masks:
+    """The forward masks shaped like the params: from a state (found anywhere inside it), or given."""
+    return state_or_masks if find_sparsify_state(state_or_masks) is None else masks_of(state_or_masks)
 
 
-def layer_stats(params: Params, state_or_masks: SparsifyState | Masks | MaskPair) -> list[LayerStats]:
+def layer_stats(params: Params, state_or_masks: Any) -> list[LayerStats]:
     """Per-leaf counts of mask entries and non-zero values, in flattening order."""
     masks = _masks(state_or_masks)
     check_masks(params, masks)
     stats = []
     for (path, param), mask in zip(
-        jax.tree_util.tree_leaves_with_path(params), jax.tree.leaves(masks, is_leaf=lambda x: x is None), strict=True
+        jax.tree_util.tree_leaves_with_path(params), mask_leaves(params, masks), strict=True
     ):
         values = np.asarray(param)
         stats.append(
@@ -69,14 +70,14 @@ def layer_stats(params: Params, state_or_masks: SparsifyState | Masks | MaskPair
     return stats
 
 
-def total_sparsity(state_or_masks: SparsifyState | Masks | MaskPair) -> float:
+def total_sparsity(state_or_masks: Any) -> float:
     """The fraction of inactive entries over all sparsified leaves."""
     leaves = [np.asarray(m) for m in jax.tree.leaves(_masks(state_or_masks))]
     size = sum(m.size for m in leaves)
     return 1.0 - sum(int(np.count_nonzero(m)) for m in leaves) / size if size else 0.0
 
 
-def summary(params: Params, state_or_masks: SparsifyState | Masks | MaskPair) -> str:
+def summary(params: Params, state_or_masks: Any) -> str:
     """A table of every leaf's shape, size, active count, non-zeros and sparsity, with totals.
 
     Example:

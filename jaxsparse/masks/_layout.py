@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxsparse.distributions import DISTRIBUTIONS, layer_sparsities, validate_sparsity, zeros_count
+from jaxsparse.masks._structure import Structure, Unstructured
 
 __all__ = ["LeafFilter", "LayerPlan", "SparsityLayout", "default_filter", "leaf_name"]
 
@@ -48,15 +49,32 @@ def _natural_key(name: str) -> list:
 
 @dataclasses.dataclass(frozen=True)
 class LayerPlan:
-    """The static plan of one sparsified leaf: its name, shape and exact zero count."""
+    """The static plan of one sparsified leaf: its name, shape, structure and exact zero count.
+
+    Counts are over the entries of the layer's mask, one per group of its structure (one per weight
+    when unstructured): ``size`` is the number of groups ``N_l``, ``zeros = floor(S_l N_l)`` and
+    ``active = N_l - zeros``.
+    """
 
     name: str
     shape: tuple[int, ...]
     sparsity: float
+    structure: Structure = Unstructured()
+
+    @property
+    def mask_shape(self) -> tuple[int, ...]:
+        """The shape of the layer's mask: the parameter's shape cut into groups."""
+        return self.structure.mask_shape(self.shape)
 
     @property
     def size(self) -> int:
-        return math.prod(self.shape)
+        """``N_l``: the number of mask entries (groups)."""
+        return math.prod(self.mask_shape)
+
+    @property
+    def group_size(self) -> int:
+        """Weights per group (1 when unstructured)."""
+        return math.prod(self.shape) // max(self.size, 1)
 
     @property
     def zeros(self) -> int:
@@ -84,6 +102,8 @@ class SparsityLayout:
       keep_dense: patterns of leaves never sparsified (e.g. ``("embed",)``).
       dense_first_layer: keep the first sparsifiable leaf dense.
       dense_last_layer: keep the last sparsifiable leaf dense.
+      structure: the unit a mask entry selects (:mod:`jaxsparse.masks` structures; default: single
+        weights). Counts hold at group level, and masks are stored at group size.
 
     "First" and "last" follow the natural order of the leaf names (``Dense_2`` before
     ``Dense_10``); name layers explicitly with ``keep_dense`` when that order is not the network's.
@@ -97,6 +117,7 @@ class SparsityLayout:
     keep_dense: tuple[str, ...] = ()
     dense_first_layer: bool = False
     dense_last_layer: bool = False
+    structure: Structure = Unstructured()
 
     def __post_init__(self):
         validate_sparsity(self.sparsity)
@@ -120,6 +141,10 @@ class SparsityLayout:
             re.compile(pattern)
         if not callable(self.include):
             raise TypeError(f"include must be a callable (name, leaf) -> bool, got {self.include!r}.")
+        if not isinstance(self.structure, Structure):
+            raise TypeError(
+                f"structure must be a jaxsparse.masks structure such as OutputChannels(), got {self.structure!r}."
+            )
 
     def plan(self, params) -> list[LayerPlan | None]:
         """One entry per leaf of ``params`` (flattening order): its plan, or ``None`` if dense.
@@ -127,6 +152,7 @@ class SparsityLayout:
         Raises:
           ValueError: if ``params`` is ``None`` or no leaf is sparsified.
           TypeError: if a sparsified leaf is not floating point.
+          ValueError: if the structure does not fit a sparsified leaf's shape (the message names it).
         """
         if params is None:
             raise ValueError("params is None: pass the parameter pytree whose kernels should be sparsified.")
@@ -168,8 +194,12 @@ class SparsityLayout:
             zip(budgeted, layer_sparsities(shapes, self.sparsity, self.distribution, self.erk_power_scale), strict=True)
         )
         sparsities.update(overridden)
-        in_plan = set(ordered)
-        return [
-            LayerPlan(names[i], tuple(jnp.shape(leaf)), sparsities[i]) if i in in_plan else None
-            for i, (_, leaf) in enumerate(leaves)
-        ]
+        plans = [None] * len(leaves)
+        for i in ordered:
+            shape = tuple(jnp.shape(leaves[i][1]))
+            try:
+                self.structure.mask_shape(shape)
+            except ValueError as error:
+                raise ValueError(f"parameter {names[i]!r}: {error}") from None
+            plans[i] = LayerPlan(names[i], shape, sparsities[i], self.structure)
+        return plans

@@ -3,6 +3,7 @@
 from jaxsparse.schedules._schedules import (
     Schedule,
     UpdateSchedule,
+    constant,
     constant_drop_fraction,
     cosine_drop_fraction,
     exponential_drop_fraction,
@@ -12,6 +13,7 @@ from jaxsparse.schedules._schedules import (
 __all__ = [
     "Schedule",
     "UpdateSchedule",
+    "constant",
     "constant_drop_fraction",
     "cosine_drop_fraction",
     "exponential_drop_fraction",

@@ -1,7 +1,9 @@
 """When masks change, how much they change, and how sparsity grows over training.
 
 All schedules are functions of the (traced) step, so they run under ``jit`` without retracing.
-Step numbering follows optax: the first ``update`` is step 0.
+Step numbering follows optax: the first ``update`` is step 0. The built-in schedules are frozen
+dataclasses, so two algorithms built with the same arguments are equal values (a ``sparsify``
+state carries its algorithm as static structure).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import optax
 
 __all__ = [
     "Schedule",
+    "constant",
     "UpdateSchedule",
     "constant_drop_fraction",
     "cosine_drop_fraction",
@@ -77,10 +80,67 @@ def _check_fraction(value: float, name: str) -> None:
         raise ValueError(f"{name} must be a float in [0, 1], got {value!r}.")
 
 
+@dataclasses.dataclass(frozen=True)
+class _Constant:
+    value: float
+
+    def __call__(self, step: jax.typing.ArrayLike) -> jax.Array:
+        return optax.constant_schedule(self.value)(step)
+
+
+def constant(value: float) -> Schedule:
+    """``f_t = value`` at every step (a comparable value, unlike a lambda)."""
+    return _Constant(value)
+
+
+@dataclasses.dataclass(frozen=True)
+class _CosineDecay:
+    fraction: float
+    begin_step: int
+    end_step: int
+
+    def __call__(self, step: jax.typing.ArrayLike) -> jax.Array:
+        decay = optax.cosine_decay_schedule(self.fraction, max(self.end_step - self.begin_step, 1))
+        return decay(jnp.maximum(jnp.asarray(step) - self.begin_step, 0))
+
+
+@dataclasses.dataclass(frozen=True)
+class _ExponentialDecay:
+    fraction: float
+    decay_rate: float
+    transition_steps: int
+    begin_step: int
+
+    def __call__(self, step: jax.typing.ArrayLike) -> jax.Array:
+        schedule = optax.exponential_decay(
+            self.fraction, self.transition_steps, self.decay_rate, transition_begin=self.begin_step
+        )
+        return schedule(step)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Polynomial:
+    initial: float
+    final: float
+    power: float
+    begin_step: int
+    end_step: int
+
+    def __call__(self, step: jax.typing.ArrayLike) -> jax.Array:
+        schedule = optax.polynomial_schedule(
+            init_value=self.initial,
+            end_value=self.final,
+            power=self.power,
+            transition_steps=self.end_step - self.begin_step,
+            transition_begin=self.begin_step,
+        )
+        return schedule(step)
+
+
 def constant_drop_fraction(fraction: float) -> Schedule:
     """``f_t = fraction`` at every step."""
     _check_fraction(fraction, "drop_fraction")
-    return optax.constant_schedule(fraction)
+    return constant(fraction)
 
 
 def cosine_drop_fraction(fraction: float, begin_step: int, end_step: int) -> Schedule:
@@ -96,8 +156,7 @@ def cosine_drop_fraction(fraction: float, begin_step: int, end_step: int) -> Sch
     _check_fraction(fraction, "drop_fraction")
     _check_step(begin_step, "begin_step")
     _check_step(end_step, "end_step")
-    decay = optax.cosine_decay_schedule(fraction, max(end_step - begin_step, 1))
-    return lambda step: decay(jnp.maximum(jnp.asarray(step) - begin_step, 0))
+    return _CosineDecay(fraction, begin_step, end_step)
 
 
 def exponential_drop_fraction(
@@ -107,7 +166,7 @@ def exponential_drop_fraction(
     _check_fraction(fraction, "drop_fraction")
     if not 0.0 < decay_rate <= 1.0:
         raise ValueError(f"decay_rate must be in (0, 1], got {decay_rate!r}.")
-    return optax.exponential_decay(fraction, transition_steps, decay_rate, transition_begin=begin_step)
+    return _ExponentialDecay(fraction, decay_rate, transition_steps, begin_step)
 
 
 def polynomial_sparsity(
@@ -134,10 +193,4 @@ def polynomial_sparsity(
         raise ValueError(f"end_step={end_step} must be after begin_step={begin_step} for a sparsity ramp.")
     if not (math.isfinite(power) and power > 0):
         raise ValueError(f"power must be a positive float, got {power!r}.")
-    return optax.polynomial_schedule(
-        init_value=initial_sparsity,
-        end_value=final_sparsity,
-        power=power,
-        transition_steps=end_step - begin_step,
-        transition_begin=begin_step,
-    )
+    return _Polynomial(initial_sparsity, final_sparsity, power, begin_step, end_step)

@@ -14,7 +14,7 @@ from jaxsparse.training._build import learning_rate_schedule, make_algorithm, ma
 from jaxsparse.training._cache import compilation_cache
 from jaxsparse.training._checkpoint import Checkpoints
 from jaxsparse.training._cli import build_parser, main
-from jaxsparse.training._config import LR_SCHEDULES, METHODS, OPTIMIZERS, Config, ConfigError, read_settings
+from jaxsparse.training._config import LR_SCHEDULES, OPTIMIZERS, Config, ConfigError, method_names, read_settings
 from jaxsparse.training._loop import TrainResult, make_train_step, train
 from jaxsparse.training._metrics import COLUMNS, MetricsLog, mask_change
 from jaxsparse.training._plots import plot_run
@@ -26,7 +26,6 @@ __all__ = [
     "Config",
     "ConfigError",
     "LR_SCHEDULES",
-    "METHODS",
     "MetricsLog",
     "OPTIMIZERS",
     "TrainResult",
@@ -38,6 +37,7 @@ __all__ = [
     "make_algorithm",
     "make_optimizer",
     "make_train_step",
+    "method_names",
     "mask_change",
     "plot_run",
     "read_settings",

@@ -6,6 +6,7 @@ import jax
 import optax
 
 import jaxsparse as jsp
+from jaxsparse.algorithms import lookup
 from jaxsparse.masks import default_filter, leaf_name
 from jaxsparse.training._config import Config
 
@@ -13,7 +14,7 @@ __all__ = ["make_algorithm", "make_optimizer"]
 
 
 def make_algorithm(config: Config) -> jsp.SparseAlgorithm | None:
-    """The jaxsparse algorithm of ``config.method``, or ``None`` for dense training.
+    """The registered algorithm of ``config.method``, built from its settings, or ``None`` for dense training.
 
     Dense training uses the plain inner optimizer rather than ``sparsify`` at sparsity 0: the
     baseline then measures exactly what an ordinary optax training loop does, with none of the
@@ -26,18 +27,9 @@ def make_algorithm(config: Config) -> jsp.SparseAlgorithm | None:
       >>> make_algorithm(Config(method="rigl", steps=1000)).schedule.end_step
       750
     """
-    common = dict(distribution=config.distribution, dense_first_layer=config.dense_first_layer)
-    schedule = dict(update_every=config.update_every, begin_step=config.begin_step, end_step=config.mask_end_step)
-    drop = dict(drop_fraction=config.drop_fraction)
-    builders = {
-        "dense": lambda: None,
-        "static": lambda: jsp.static(config.sparsity, **common),
-        "set": lambda: jsp.set_(config.sparsity, **common, **schedule, **drop),
-        "rigl": lambda: jsp.rigl(config.sparsity, **common, **schedule, **drop),
-        "top_kast": lambda: jsp.top_kast(config.sparsity, config.top_kast_backward_sparsity, **common, **schedule),
-        "gradual_magnitude": lambda: jsp.gradual_magnitude(config.sparsity, **common, **schedule),
-    }
-    return builders[config.method]()
+    if config.method == "dense":
+        return None
+    return lookup(config.method).build(config.settings())
 
 
 def learning_rate_schedule(config: Config) -> optax.Schedule:

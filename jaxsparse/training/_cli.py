@@ -24,6 +24,8 @@ from jaxsparse.training._config import (
     Config,
     ConfigError,
     base_type,
+    method_names,
+    method_options,
     read_settings,
 )
 from jaxsparse.training._loop import train
@@ -65,14 +67,20 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--quiet", action="store_true", help="no progress bar")
     settings = train_parser.add_argument_group("settings (default: the value shown)")
     hints = typing.get_type_hints(Config)
-    for field in dataclasses.fields(Config):
-        flags = [f"--{field.name.replace('_', '-')}", *_ALIASES.get(field.name, [])]
-        kind = base_type(hints[field.name])
-        help_text = field.metadata["help"] + ("" if field.default is None else f" (default: {field.default})")
+    choices = {"method": method_names(), **CHOICES}
+    entries = [
+        (field.name, base_type(hints[field.name]), field.metadata["help"], field.default)
+        for field in dataclasses.fields(Config)
+        if field.name != "options"
+    ]
+    entries += [(option.name, option.kind, option.help, option.default) for option in method_options().values()]
+    for name, kind, help_line, default in entries:
+        flags = [f"--{name.replace('_', '-')}", *_ALIASES.get(name, [])]
+        help_text = help_line + ("" if default is None else f" (default: {default})")
         if kind is bool:
             settings.add_argument(
                 *flags,
-                dest=field.name,
+                dest=name,
                 action=argparse.BooleanOptionalAction,
                 default=argparse.SUPPRESS,
                 help=help_text,
@@ -80,13 +88,13 @@ def build_parser() -> argparse.ArgumentParser:
             continue
         settings.add_argument(
             *flags,
-            dest=field.name,
+            dest=name,
             type=kind,
-            choices=CHOICES.get(field.name),
+            choices=choices.get(name),
             # SUPPRESS: an absent flag leaves the file's (or saved run's) value alone.
             default=argparse.SUPPRESS,
             help=help_text,
-            metavar=None if field.name in CHOICES else "DIR" if field.name.endswith("_dir") else kind.__name__.upper(),
+            metavar=None if name in choices else "DIR" if name.endswith("_dir") else kind.__name__.upper(),
         )
     return parser
 
@@ -94,7 +102,8 @@ def build_parser() -> argparse.ArgumentParser:
 def _config(args: argparse.Namespace) -> Config:
     """The defaults, then the resumed run's saved settings, then ``--config``, then the flags."""
     overrides = {} if args.config is None else read_settings(args.config)
-    overrides.update({f.name: getattr(args, f.name) for f in dataclasses.fields(Config) if hasattr(args, f.name)})
+    names = [f.name for f in dataclasses.fields(Config) if f.name != "options"] + list(method_options())
+    overrides.update({name: getattr(args, name) for name in names if hasattr(args, name)})
     if args.resume is None:
         return Config.from_dict(overrides)
     saved = args.resume / "config.json"

@@ -13,7 +13,10 @@ Why a frozen dataclass and not ``ml_collections.ConfigDict``:
   folder) and :meth:`Config.from_dict` / :meth:`Config.from_file` read it back, or a TOML file.
 
 The command line (:mod:`jaxsparse.training._cli`) is generated from the fields below, their types
-and their ``help`` metadata, so a new setting is one new field.
+and their ``help`` metadata, so a new setting is one new field. Methods come from the algorithm
+registry (:func:`jaxsparse.algorithms.registered`): each one's own options (``drop_fraction``,
+``backward_sparsity``, ...) are settings too, kept in :attr:`Config.options` and written at the top
+level of files and flags like every other setting.
 """
 
 from __future__ import annotations
@@ -29,35 +32,48 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from jaxsparse.algorithms import Option, Settings, lookup, registered
 from jaxsparse.data import DATASETS
 from jaxsparse.distributions import DISTRIBUTIONS
 from jaxsparse.models import MODELS
 
 __all__ = [
     "CHOICES",
-    "DYNAMIC_METHODS",
     "LR_SCHEDULES",
-    "METHODS",
     "OPTIMIZERS",
     "Config",
     "ConfigError",
+    "method_names",
+    "method_options",
     "read_settings",
 ]
 
-METHODS = ("dense", "static", "set", "rigl", "top_kast", "gradual_magnitude")
 OPTIMIZERS = ("sgd", "adam", "adamw")
-DYNAMIC_METHODS = ("set", "rigl", "top_kast", "gradual_magnitude")
-"""The methods whose masks change during training, on the ``begin_step / update_every / end_step`` grid."""
 LR_SCHEDULES = ("constant", "cosine")
+
+
+def method_names() -> tuple[str, ...]:
+    """``"dense"`` and every registered algorithm, in registration order."""
+    return ("dense", *(method.name for method in registered()))
+
+
+def method_options() -> dict[str, Option]:
+    """Every registered algorithm's own options by name (a name shared by several methods is one option)."""
+    options: dict[str, Option] = {}
+    for method in registered():
+        for option in method.options:
+            options.setdefault(option.name, option)
+    return options
+
+
 CHOICES: dict[str, tuple[str, ...]] = {
-    "method": METHODS,
     "distribution": DISTRIBUTIONS,
     "dataset": DATASETS,
     "model": MODELS,
     "optimizer": OPTIMIZERS,
     "lr_schedule": LR_SCHEDULES,
 }
-"""The settings that take one of a fixed set of names, and those names."""
+"""The settings that take one of a fixed set of names, and those names (methods: :func:`method_names`)."""
 # Mask updates stop at 75% of training by default, as in RigL (Evci et al. 2020).
 DEFAULT_END_FRACTION = 0.75
 
@@ -87,7 +103,7 @@ class Config:
       True
     """
 
-    method: str = _field("rigl", f"training method: {', '.join(METHODS)}")
+    method: str = _field("rigl", "training method: dense or a registered algorithm (see --method's choices)")
     sparsity: float = _field(0.9, "global sparsity of the sparsified kernels, in [0, 1) (dense: always 0)")
     distribution: str = _field("erk", f"how the sparsity is spread over layers: {', '.join(DISTRIBUTIONS)}")
     dataset: str = _field("mnist1d", f"dataset: {', '.join(DATASETS)}")
@@ -102,14 +118,13 @@ class Config:
     weight_decay: float = _field(1e-4, "weight decay of the kernels (adamw: decoupled; sgd/adam: L2 added to grads)")
     clip_norm: float = _field(1.0, "clip gradients to this global norm (0 disables clipping)")
     update_every: int = _field(50, "steps between mask updates (set, rigl, top_kast, gradual_magnitude)")
-    drop_fraction: float = _field(0.3, "fraction of active weights dropped and regrown per update (set, rigl)")
     dense_first_layer: bool = _field(
         False, "keep the first sparsifiable layer dense (RigL's uniform distribution does, Evci et al. 2020)"
     )
     begin_step: int = _field(0, "first step that may update masks")
     end_step: int | None = _field(None, "last step that may update masks (default: 75%% of --steps)")
-    backward_sparsity: float | None = _field(
-        None, "top_kast: sparsity of the backward set, <= --sparsity (default: 2*sparsity-1, at least 0)"
+    options: tuple[tuple[str, Any], ...] = _field(
+        (), "the methods' own settings, (name, value) pairs; in files and flags they are top-level settings"
     )
     eval_every: int = _field(500, "steps between evaluations on the test split", bookkeeping=True)
     eval_batch_size: int = _field(1000, "batch size of evaluation", bookkeeping=True)
@@ -122,13 +137,15 @@ class Config:
     )
 
     def __post_init__(self) -> None:
+        options = self.options.items() if isinstance(self.options, Mapping) else self.options
+        object.__setattr__(self, "options", tuple(sorted((str(k), v) for k, v in options)))
         if self.method == "dense":
             # A dense run has no masks; recording 0 keeps summaries and plots of sparsity truthful.
             object.__setattr__(self, "sparsity", 0.0)
         self._validate()
 
     def _validate(self) -> None:
-        for name, choices in CHOICES.items():
+        for name, choices in {"method": method_names(), **CHOICES}.items():
             value = getattr(self, name)
             if value not in choices:
                 close = difflib.get_close_matches(str(value), choices, n=1)
@@ -149,10 +166,17 @@ class Config:
         _check(0.0 <= self.momentum < 1.0, "momentum", self.momentum, "must be in [0, 1)")
         _check(self.weight_decay >= 0, "weight_decay", self.weight_decay, "must be >= 0 (0 disables it)")
         _check(self.clip_norm >= 0, "clip_norm", self.clip_norm, "must be >= 0 (0 disables clipping)")
-        _check(0.0 <= self.drop_fraction <= 1.0, "drop_fraction", self.drop_fraction, "must be in [0, 1], e.g. 0.3")
         if self.end_step is not None:
             _check(self.end_step <= self.steps, "end_step", self.end_step, f"must be at most steps={self.steps}")
-        if self.method in DYNAMIC_METHODS:
+        known = method_options()
+        for name, value in self.options:
+            if name not in known:
+                close = difflib.get_close_matches(name, known, n=1)
+                hint = f" (did you mean {close[0]!r}?)" if close else ""
+                raise ConfigError(f"unknown method option {name!r}{hint}; options are {', '.join(known)}.")
+            option = known[name]
+            _check(option.valid(value, self.settings()), name, value, option.rule)
+        if self.method != "dense" and lookup(self.method).updates_masks:
             _check(
                 0 <= self.begin_step < self.mask_end_step,
                 "begin_step",
@@ -160,32 +184,32 @@ class Config:
                 f"must be >= 0 and before the last mask-update step {self.mask_end_step} (end_step, by default 75% "
                 "of steps): the drop-fraction and pruning schedules run from begin_step to end_step",
             )
-        if self.backward_sparsity is not None:
-            _check(
-                0.0 <= self.backward_sparsity <= self.sparsity,
-                "backward_sparsity",
-                self.backward_sparsity,
-                f"must be in [0, sparsity={self.sparsity}] (Top-KAST trains a superset of the forward weights)",
-            )
 
     @property
     def mask_end_step(self) -> int:
         """The last step that may update masks: ``end_step``, or 75% of ``steps`` as in RigL."""
         return self.end_step if self.end_step is not None else int(DEFAULT_END_FRACTION * self.steps)
 
-    @property
-    def top_kast_backward_sparsity(self) -> float:
-        """Top-KAST's backward sparsity; by default the backward set is twice as dense as the forward set.
+    def option(self, name: str) -> Any:
+        """The value of a method option: as set, else its registered default."""
+        return dict(self.options).get(name, method_options()[name].default)
 
-        Jayakumar et al. 2020 train e.g. 80% sparse backward for 90% sparse forward: ``1 - 2(1 - S)``.
-        """
-        if self.backward_sparsity is not None:
-            return self.backward_sparsity
-        return max(0.0, 2.0 * self.sparsity - 1.0)
+    def settings(self) -> Settings:
+        """What :meth:`jaxsparse.algorithms.Method.build` builds this run's algorithm from."""
+        return Settings(
+            sparsity=self.sparsity,
+            distribution=self.distribution,
+            dense_first_layer=self.dense_first_layer,
+            update_every=self.update_every,
+            begin_step=self.begin_step,
+            end_step=self.mask_end_step,
+            options={name: self.option(name) for name in method_options()},
+        )
 
     def to_dict(self) -> dict[str, Any]:
-        """The settings as a JSON-serialisable dict (field order)."""
-        return dataclasses.asdict(self)
+        """The settings as a JSON-serialisable dict (field order, then the method options set)."""
+        values = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "options"}
+        return {**values, **dict(self.options)}
 
     def replace(self, **changes: Any) -> Config:
         """A copy with some fields changed (validated like a new config)."""
@@ -199,7 +223,13 @@ class Config:
           ConfigError: on an unknown key (with the closest known one) or a value of the wrong type.
         """
         hints = typing.get_type_hints(cls)
-        names = [f.name for f in dataclasses.fields(cls)]
+        known = method_options()
+        names = [f.name for f in dataclasses.fields(cls) if f.name != "options"] + list(known)
+        options = dict(values.get("options", ()))
+        options.update(
+            {key: _coerce(key, value, known[key].kind | None) for key, value in values.items() if key in known}
+        )
+        values = {key: value for key, value in values.items() if key not in known and key != "options"}
         unknown = [key for key in values if key not in hints]
         if unknown:
             hints_text = []
@@ -207,7 +237,7 @@ class Config:
                 close = difflib.get_close_matches(key.replace("-", "_"), names, n=1)
                 hints_text.append(f"{key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
             raise ConfigError(f"unknown setting {', '.join(hints_text)}; known settings are {', '.join(names)}.")
-        return cls(**{key: _coerce(key, value, hints[key]) for key, value in values.items()})
+        return cls(**{key: _coerce(key, value, hints[key]) for key, value in values.items()}, options=options)
 
     @classmethod
     def from_file(cls, path: str | Path) -> Config:
@@ -227,11 +257,12 @@ class Config:
 
     def mismatches(self, other: Config) -> list[str]:
         """Names of the trajectory-defining fields on which two configs differ (bookkeeping excluded)."""
-        return [
+        fields = [
             f.name
             for f in dataclasses.fields(self)
-            if not f.metadata["bookkeeping"] and getattr(self, f.name) != getattr(other, f.name)
+            if f.name != "options" and not f.metadata["bookkeeping"] and getattr(self, f.name) != getattr(other, f.name)
         ]
+        return fields + [name for name in method_options() if self.option(name) != other.option(name)]
 
 
 def read_settings(path: str | Path) -> dict[str, Any]:

@@ -166,8 +166,8 @@ def _initial_state(
     opt_state = jax.jit(tx.init)(params)
     state = {"params": params, "model_state": variables, "opt_state": opt_state, "loss_sum": jnp.zeros(())}
     if sparse:
-        if not isinstance(opt_state.masks, jsp.MaskPair):  # Top-KAST stores its weights densely
-            state["params"] = jsp.apply_masks(params, opt_state.masks)
+        if not opt_state.algorithm.stores_dense:  # Top-KAST stores its weights densely
+            state["params"] = jsp.apply_masks(params, jsp.masks_of(opt_state))
         state["eval_masks"] = _host_masks(opt_state, sparse)
     return state
 

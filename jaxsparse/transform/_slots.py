@@ -27,7 +27,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jaxsparse.masks import Masks, Params
+from jaxsparse.masks import Masks, Params, mask_leaves
 
 __all__ = ["reset_slots", "slot_owners"]
 
@@ -69,7 +69,7 @@ def reset_slots(
       opt_state: any optax state.
       fresh_state: the same optimizer's ``init(params)`` (same structure as ``opt_state``).
       params: the parameters the state belongs to (for paths and shapes).
-      positions: mask tree (``None`` at dense leaves) of the positions to reset.
+      positions: mask tree (``None`` at dense leaves) of the positions to reset, shaped like the params.
 
     Returns:
       The state with those slots reset, dtypes and structure unchanged.
@@ -77,9 +77,7 @@ def reset_slots(
     where_by_path = {
         path: where
         for (path, _), where in zip(
-            jax.tree_util.tree_leaves_with_path(params),
-            jax.tree.leaves(positions, is_leaf=lambda x: x is None),
-            strict=True,
+            jax.tree_util.tree_leaves_with_path(params), mask_leaves(params, positions), strict=True
         )
     }
 
