@@ -71,20 +71,18 @@ class AveragedGradientGrowth(SparseAlgorithm):
         return float((2 * (forward_density @ flops) + flops.sum()) / (3 * flops.sum()))
 
 
-def averaged_growth(sparsity: float, *, update_every: int = 100, end_step: int | None = None, **kw):
-    """The factory users call."""
-    layout = jsp.SparsityLayout(sparsity, **kw)
-    return AveragedGradientGrowth(layout=layout, schedule=UpdateSchedule(0, end_step, update_every))
-
-
-def _build(s: Settings) -> AveragedGradientGrowth:
-    return averaged_growth(
-        s.sparsity,
-        update_every=s.update_every,
-        end_step=s.end_step,
-        distribution=s.distribution,
-        dense_first_layer=s.dense_first_layer,
+def averaged_growth(
+    sparsity: float, *, update_every: int = 100, begin_step: int = 0, end_step: int | None = None, **layout_options
+) -> AveragedGradientGrowth:
+    """The factory users call: the layout from ``sparsity`` and ``layout_options``, and the update grid."""
+    return AveragedGradientGrowth(
+        layout=jsp.SparsityLayout(sparsity, **layout_options),
+        schedule=UpdateSchedule(begin_step, end_step, update_every),
     )
+
+
+def _build(settings: Settings) -> AveragedGradientGrowth:
+    return averaged_growth(settings.sparsity, **settings.factory_keywords())
 
 
 METHOD = Method("averaged_growth", _build, "grow where the moving average of |grad| is largest")

@@ -13,7 +13,7 @@ import math
 import pytest
 
 from benchmarks.accuracy import sweep
-from benchmarks.speed import distributed, memory, selection, step_time, wall_clock
+from benchmarks.speed import compare, distributed, memory, selection, step_time, wall_clock
 from benchmarks.speed.workloads import QUICK_WORKLOADS
 
 
@@ -39,8 +39,10 @@ def test_accuracy_sweep_quick_trains_every_method_and_resumes(tmp_path, capsys):
     assert "| rigl |" in out.with_suffix(".md").read_text()
     capsys.readouterr()
     sweep.main(["--quick", "--out", str(out)])  # everything is in the CSV: nothing is trained again
-    assert "6 runs, 6 already in" in capsys.readouterr().out
-    assert len(sweep.read_rows(out.with_suffix(".csv"))) == 6
+    runs = len(sweep.SPARSE_METHODS) + 1  # the registry's methods (the worked example too) and dense
+    assert "averaged_growth" in sweep.SPARSE_METHODS
+    assert f"{runs} runs, {runs} already in" in capsys.readouterr().out
+    assert len(sweep.read_rows(out.with_suffix(".csv"))) == runs
 
 
 def test_sweep_statistics():
@@ -122,3 +124,22 @@ def test_distributed_quick_adds_no_collective(tmp_path):
     assert collectives["pmap_sparse_step"] == collectives["pmap_dense_step"] == {"all-reduce": 1}
     assert run["sanity"]["replicas_bit_identical"]
     assert run["sanity"]["jit_mask_entries_changed_by_normal_step"] == 0
+
+
+def test_compare_divides_each_ratio_of_the_second_run_by_the_first(tmp_path):
+    def run(static, rigl_update):
+        ratios = {"static": {"normal": static}, "rigl": {"normal": 1.5, "update": rigl_update}}
+        return {"benchmark": "step time", "environment": {"git_commit": "x"}, "results": [
+            {"workload": "MLP", "ratio_to_dense": ratios}
+        ]}  # fmt: skip
+
+    before, after = tmp_path / "before.json", tmp_path / "after.json"
+    before.write_text(json.dumps(run(1.2, 2.0)))
+    after.write_text(json.dumps(run(1.2, 2.2)))
+    record = compare.main([str(before), str(after), "--out", str(tmp_path / "port.json")])
+    by_cell = {row["cell"]: row["after_over_before"] for row in record["rows"]}
+    assert by_cell == {"MLP | static/normal": 1.0, "MLP | rigl/normal": 1.0, "MLP | rigl/update": pytest.approx(1.1)}
+    assert record["largest_growth"]["cell"] == "MLP | rigl/update"
+    assert (tmp_path / "port.png").stat().st_size > 0
+    with pytest.raises(ValueError, match="different benchmarks"):
+        compare.compare(run(1, 1), {**run(1, 1), "benchmark": "top-k selection"})

@@ -313,13 +313,7 @@ DROP_FRACTION = Option(
 def _builder(factory):
     def build(settings: Settings) -> DropAndGrow:
         return factory(
-            settings.sparsity,
-            distribution=settings.distribution,
-            dense_first_layer=settings.dense_first_layer,
-            update_every=settings.update_every,
-            begin_step=settings.begin_step,
-            end_step=settings.end_step,
-            drop_fraction=settings.options["drop_fraction"],
+            settings.sparsity, drop_fraction=settings.options["drop_fraction"], **settings.factory_keywords()
         )
 
     return build

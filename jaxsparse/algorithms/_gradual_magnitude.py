@@ -201,14 +201,7 @@ def gradual_magnitude(
 
 
 def _build(settings: Settings) -> GradualMagnitude:
-    return gradual_magnitude(
-        settings.sparsity,
-        distribution=settings.distribution,
-        dense_first_layer=settings.dense_first_layer,
-        update_every=settings.update_every,
-        begin_step=settings.begin_step,
-        end_step=settings.end_step,
-    )
+    return gradual_magnitude(settings.sparsity, **settings.factory_keywords())
 
 
 register(Method("gradual_magnitude", _build, "prune the smallest |w| on the cubic ramp (Zhu & Gupta 2017)"))

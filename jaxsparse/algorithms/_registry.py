@@ -45,6 +45,16 @@ class Settings(NamedTuple):
     end_step: int | None = None
     options: Mapping[str, Any] = {}
 
+    def factory_keywords(self) -> dict[str, Any]:
+        """The shared settings as factory keywords: the layout's, and the mask-update grid's."""
+        return dict(
+            distribution=self.distribution,
+            dense_first_layer=self.dense_first_layer,
+            update_every=self.update_every,
+            begin_step=self.begin_step,
+            end_step=self.end_step,
+        )
+
 
 @dataclasses.dataclass(frozen=True)
 class Option:

@@ -246,15 +246,7 @@ def _backward_sparsity(settings: Settings) -> float:
 
 
 def _build(settings: Settings) -> TopKast:
-    return top_kast(
-        settings.sparsity,
-        _backward_sparsity(settings),
-        distribution=settings.distribution,
-        dense_first_layer=settings.dense_first_layer,
-        update_every=settings.update_every,
-        begin_step=settings.begin_step,
-        end_step=settings.end_step,
-    )
+    return top_kast(settings.sparsity, _backward_sparsity(settings), **settings.factory_keywords())
 
 
 BACKWARD_SPARSITY = Option(
