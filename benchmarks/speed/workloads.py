@@ -39,6 +39,7 @@ __all__ = [
     "END_STEP",
     "build_trainer",
     "make_algorithm",
+    "setup",
 ]
 
 METHODS = tuple(method.name for method in registered())
@@ -110,21 +111,31 @@ class Trainer:
         return self.params, self.model_state, self.opt_state, loss
 
 
-def build_trainer(workload: Workload, method: str, seed: int = 0) -> Trainer:
-    """The trainer of ``workload`` with ``method`` (``"dense"`` or one of :data:`METHODS`) on a random batch."""
-    model = create_model(workload.model, num_classes=NUM_CLASSES, input_shape=workload.input_shape, **workload.options)
+def setup(workload: Workload, seed: int, models: Any = None) -> tuple[Any, Any, Any, dict[str, jax.Array], jax.Array]:
+    """``(model, params, model_state, batch, mask_key)`` of ``workload``: initialised parameters and a random batch.
+
+    ``models`` is the ``jaxsparse.models`` module to build with (another version's, to compare versions).
+    """
+    create = create_model if models is None else models.create_model
+    model = create(workload.model, num_classes=NUM_CLASSES, input_shape=workload.input_shape, **workload.options)
     init_key, input_key, label_key, mask_key = jax.random.split(jax.random.key(seed), 4)
     init = jax.jit(functools.partial(model.init, train=False))  # one program, not one per op
     variables = dict(init(init_key, jnp.zeros((1, *workload.input_shape))))
     params = variables.pop("params")
+    batch = {
+        "inputs": jax.random.normal(input_key, (workload.batch_size, *workload.input_shape)),
+        "labels": jax.random.randint(label_key, (workload.batch_size,), 0, NUM_CLASSES),
+    }
+    return model, params, variables, batch, mask_key
+
+
+def build_trainer(workload: Workload, method: str, seed: int = 0) -> Trainer:
+    """The trainer of ``workload`` with ``method`` (``"dense"`` or one of :data:`METHODS`) on a random batch."""
+    model, params, variables, batch, mask_key = setup(workload, seed)
     inner = optax.sgd(0.1, momentum=0.9)
     sparse = method != "dense"
     tx = jsp.sparsify(inner, make_algorithm(method), key=mask_key) if sparse else inner
     opt_state = jax.jit(tx.init)(params)
     if sparse and not opt_state.algorithm.stores_dense:  # Top-KAST keeps its weights dense
         params = jsp.apply_masks(params, jsp.masks_of(opt_state))
-    batch = {
-        "inputs": jax.random.normal(input_key, (workload.batch_size, *workload.input_shape)),
-        "labels": jax.random.randint(label_key, (workload.batch_size,), 0, NUM_CLASSES),
-    }
     return Trainer(make_train_step(model, tx, sparse), params, variables, opt_state, batch)
