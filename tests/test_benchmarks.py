@@ -13,7 +13,7 @@ import math
 import pytest
 
 from benchmarks.accuracy import sweep
-from benchmarks.speed import compare, distributed, memory, selection, step_time, wall_clock
+from benchmarks.speed import compare, distributed, memory, selection, step_time, versus_commit, wall_clock
 from benchmarks.speed.workloads import QUICK_WORKLOADS
 
 
@@ -143,3 +143,19 @@ def test_compare_divides_each_ratio_of_the_second_run_by_the_first(tmp_path):
     assert (tmp_path / "port.png").stat().st_size > 0
     with pytest.raises(ValueError, match="different benchmarks"):
         compare.compare(run(1, 1), {**run(1, 1), "benchmark": "top-k selection"})
+
+
+def test_versus_commit_quick_times_both_versions_side_by_side(tmp_path):
+    out = tmp_path / "versus.json"
+    record = versus_commit.main(["--commit", "HEAD", "--quick", "--out", str(out)])
+    (result,) = _written(out)["results"]
+    assert record["settings"]["commit"] == "HEAD"
+    assert set(result["ratio_to_dense"]) == {
+        f"{method}/{kind}"
+        for method in versus_commit.METHODS
+        for kind in ("normal", "update")
+        if (method, kind) != ("static", "update")
+    }
+    for cell in result["ratio_to_dense"].values():
+        assert cell["earlier"] > 0 and cell["current"] > 0
+        assert cell["current_over_earlier"] == pytest.approx(cell["current"] / cell["earlier"])
