@@ -477,3 +477,18 @@ def test_integer_kernel_needs_keep_dense():
     with pytest.raises(TypeError, match="lookup"):
         jsp.sparsify(optax.sgd(0.1), jsp.static(0.5), key=jax.random.key(0)).init(params)
     assert masked_names(params, keep_dense=("lookup",)) == {"layer_0/kernel"}
+
+
+@pytest.mark.parametrize("name", [m.name for m in jsp.algorithms.registered()])
+def test_three_tuples_and_none_leaves_in_params(name):
+    """A 3-tuple (eqx.nn.MLP's layers) and None leaves (eqx.filter's output) are ordinary pytree nodes."""
+    algo = jsp.algorithms.lookup(name).make(0.5, update_every=1, end_step=10)
+    params = {"layers": tuple(jnp.ones((8, 8)) * (i + 1) for i in range(3)), "act": None}
+    tx = jsp.sparsify(optax.sgd(0.1), algo, key=jax.random.key(0))
+    state = tx.init(params)
+    updates, state = tx.update(jax.tree.map(jnp.ones_like, params), state, params)
+    assert updates["act"] is None
+    assert "sparsified" in jsp.summary(optax.apply_updates(params, updates), state)
+    bad = {"layers": (jnp.ones((8, 8), bool), jnp.ones((8, 7), bool), jnp.ones((8, 8), bool)), "act": None}
+    with pytest.raises(ValueError, match=r"mask at 'layers/1' has shape \(8, 7\)"):
+        jsp.apply_masks(params, bad)
