@@ -50,7 +50,7 @@ def test_concrete_algorithms_are_final():
     with pytest.raises(TypeError, match="final algorithm and cannot be subclassed"):
 
         class MoreRigL(jsp.algorithms.DropAndGrow):
-            pass
+            """A subclass of a final algorithm: refused when the class is created."""
 
     with pytest.raises(TypeError, match="abstract"):
         jsp.SparseAlgorithm()
