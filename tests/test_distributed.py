@@ -228,3 +228,32 @@ def test_state_shardings_rejects_a_tree_unlike_the_params():
     tx = _tx(jsp.static(0.5))
     with pytest.raises(ValueError, match="param_shardings does not match params"):
         state_shardings(jax.eval_shape(tx.init, params), params, {"w": P("model")})
+
+
+@pytest.mark.parametrize("axis_type", [AxisType.Auto, AxisType.Explicit], ids=["auto_pinned", "explicit"])
+def test_a_step_returns_params_and_state_with_the_shardings_they_came_in_with(axis_type):
+    """The README's recipe: pin ``out_shardings`` to the inputs' under automatic axes; explicit axes need nothing.
+
+    Unpinned, automatic propagation returns ``layer_1``'s replicated ``P()`` kernel sharded as
+    ``P('model',)`` (a dense optax step drifts alike); the last assertion names that leaf.
+    """
+    algorithm = ALGORITHMS["rigl"]()
+    mesh = _mesh(axis_type)
+    tx = _tx(algorithm)
+    specs = {**DATA_PARALLEL, "layer_0": {"kernel": P(None, "model"), "bias": P("model")}}
+    param_shardings = jax.tree.map(lambda s: NamedSharding(mesh, s), specs, is_leaf=lambda x: isinstance(x, P))
+    batch_sharding = (NamedSharding(mesh, P("data", None)), NamedSharding(mesh, P("data")))
+    with jax.set_mesh(mesh):
+        params = jax.device_put(make_mlp(jax.random.key(0), SIZES), param_shardings)
+        state = jax.jit(
+            tx.init, out_shardings=state_shardings(jax.eval_shape(tx.init, params), params, param_shardings)
+        )(params)
+        given = jax.tree.map(lambda x: x.sharding, (params, state))
+        pinned = {} if axis_type == AxisType.Explicit else {"out_shardings": given}
+        step = jax.jit(make_train_step(tx), **pinned)
+        for batch in _batches()[:3]:  # a normal step and a mask update
+            params, state = step(params, state, jax.device_put(batch, batch_sharding))
+        for leaf, sharding in zip(jax.tree.leaves((params, state)), jax.tree.leaves(given), strict=True):
+            assert leaf.sharding.is_equivalent_to(sharding, leaf.ndim), (leaf.shape, leaf.sharding, sharding)
+    assert params["layer_1"]["kernel"].sharding.is_fully_replicated
+    _check_sparse(params, state, algorithm)

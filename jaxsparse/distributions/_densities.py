@@ -31,15 +31,19 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
+from jaxsparse._scalars import real_scalar
+
 __all__ = ["DISTRIBUTIONS", "layer_sparsities", "zeros_count", "validate_sparsity"]
 
 DISTRIBUTIONS = ("uniform", "er", "erk")
 
 
 def validate_sparsity(value: float, name: str = "sparsity") -> float:
-    """Checks that a sparsity is a real number in ``[0, 1)`` and returns it as a float."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name} must be a float in [0, 1), got {value!r} of type {type(value).__name__}.")
+    """Checks that a sparsity is a real number in ``[0, 1)`` and returns it as a Python float.
+
+    Python, numpy and concrete JAX scalars are accepted alike (``np.float32(0.9)`` is ``0.9``).
+    """
+    value = real_scalar(value, name, "a float in [0, 1)")
     if not 0.0 <= value < 1.0 or math.isnan(value):
         raise ValueError(
             f"{name}={value!r} is outside [0, 1): it is the fraction of weights set to zero, so use "

@@ -19,6 +19,7 @@ from collections.abc import Callable, Mapping
 import jax
 import jax.numpy as jnp
 
+from jaxsparse._variables import unboxed
 from jaxsparse.distributions import DISTRIBUTIONS, layer_sparsities, validate_sparsity, zeros_count
 from jaxsparse.masks._structure import Structure, Unstructured
 
@@ -40,6 +41,12 @@ def default_filter(name: str, leaf: jax.Array) -> bool:
 def leaf_name(path: tuple) -> str:
     """The ``/``-joined name of a key path, e.g. ``"params/Dense_0/kernel"``."""
     return jax.tree_util.keystr(path, simple=True, separator="/")
+
+
+def _listing(names: list[str]) -> str:
+    """Names for an error message: all of them up to 12, then a count of the rest."""
+    shown = ", ".join(repr(name) for name in names[:12])
+    return shown + (f" and {len(names) - 12} more" if len(names) > 12 else "")
 
 
 def _natural_key(name: str) -> list:
@@ -120,7 +127,7 @@ class SparsityLayout:
     structure: Structure = Unstructured()
 
     def __post_init__(self):
-        validate_sparsity(self.sparsity)
+        object.__setattr__(self, "sparsity", validate_sparsity(self.sparsity))
         if self.distribution not in DISTRIBUTIONS:
             raise ValueError(
                 f"unknown distribution {self.distribution!r}; choose one of {', '.join(map(repr, DISTRIBUTIONS))}."
@@ -130,10 +137,10 @@ class SparsityLayout:
         overrides = self.layer_sparsity
         if isinstance(overrides, Mapping):
             overrides = tuple(overrides.items())
-            object.__setattr__(self, "layer_sparsity", overrides)
-        for pattern, value in overrides:
+        overrides = tuple((p, validate_sparsity(value, f"layer_sparsity[{p!r}]")) for p, value in overrides)
+        object.__setattr__(self, "layer_sparsity", overrides)
+        for pattern, _ in overrides:
             re.compile(pattern)
-            validate_sparsity(value, f"layer_sparsity[{pattern!r}]")
         # Tuples keep the layout hashable, so compiled functions can cache on it.
         keep_dense = (self.keep_dense,) if isinstance(self.keep_dense, str) else tuple(self.keep_dense)
         object.__setattr__(self, "keep_dense", keep_dense)
@@ -149,19 +156,34 @@ class SparsityLayout:
     def plan(self, params) -> list[LayerPlan | None]:
         """One entry per leaf of ``params`` (flattening order): its plan, or ``None`` if dense.
 
+        Leaves with no elements (a ``(0, n)`` kernel) are never sparsified.
+
         Raises:
           ValueError: if ``params`` is ``None`` or no leaf is sparsified.
+          ValueError: if a ``keep_dense`` pattern matches no leaf, or a ``layer_sparsity`` pattern no
+            sparsified leaf (the message lists the names), since a mistyped pattern would otherwise
+            silently do nothing.
           TypeError: if a sparsified leaf is not floating point.
           ValueError: if the structure does not fit a sparsified leaf's shape (the message names it).
         """
         if params is None:
             raise ValueError("params is None: pass the parameter pytree whose kernels should be sparsified.")
-        leaves = jax.tree_util.tree_leaves_with_path(params)
+        # Named without nnx's Variable boxes, which nnx.Optimizer passes to init but not to update.
+        leaves = jax.tree_util.tree_leaves_with_path(unboxed(params))
         names = [leaf_name(path) for path, _ in leaves]
+        for pattern in self.keep_dense:
+            if not any(re.search(pattern, name) for name in names):
+                raise ValueError(
+                    f"keep_dense pattern {pattern!r} matches no parameter; the leaves are {_listing(names)}. "
+                    "Fix the pattern (a regular expression searched in each name), or drop it."
+                )
+        # An empty leaf has nothing to sparsify (and no shape to give the distributions).
         chosen = [
             i
             for i, ((_, leaf), name) in enumerate(zip(leaves, names, strict=True))
-            if self.include(name, leaf) and not any(re.search(p, name) for p in self.keep_dense)
+            if math.prod(jnp.shape(leaf)) > 0
+            and self.include(name, leaf)
+            and not any(re.search(p, name) for p in self.keep_dense)
         ]
         ordered = sorted(chosen, key=lambda i: _natural_key(names[i]))
         if self.dense_first_layer and ordered:
@@ -170,9 +192,9 @@ class SparsityLayout:
             ordered = ordered[:-1]
         if not ordered:
             raise ValueError(
-                f"no parameter is sparsified among {len(leaves)} leaves ({', '.join(names[:6])}"
-                f"{', ...' if len(names) > 6 else ''}): the filter keeps leaves of rank >= 2 by "
-                "default; pass include=, or relax keep_dense / dense_first_layer / dense_last_layer."
+                f"no parameter is sparsified among {len(leaves)} leaves ({_listing(names)}): the filter keeps "
+                "non-empty leaves of rank >= 2 by default; pass include=, or relax keep_dense / dense_first_layer "
+                "/ dense_last_layer."
             )
         for i in ordered:
             dtype = jnp.result_type(leaves[i][1])
@@ -188,6 +210,13 @@ class SparsityLayout:
                 if re.search(pattern, names[i]):
                     overridden[i] = value
                     break
+        for pattern, _ in self.layer_sparsity:
+            if not any(re.search(pattern, names[i]) for i in ordered):
+                raise ValueError(
+                    f"layer_sparsity pattern {pattern!r} matches no sparsified parameter; the sparsified leaves are "
+                    f"{_listing([names[i] for i in ordered])}. Fix the pattern (a regular expression searched in "
+                    "each name), or drop it."
+                )
         budgeted = [i for i in ordered if i not in overridden]
         shapes = [tuple(jnp.shape(leaves[i][1])) for i in budgeted]
         sparsities = dict(

@@ -22,6 +22,7 @@ from collections.abc import Sequence
 
 import jax
 
+from jaxsparse._scalars import real_scalar
 from jaxsparse.masks import LayerPlan, Masks, Params
 from jaxsparse.schedules import Schedule, constant
 
@@ -32,9 +33,11 @@ def as_schedule(value: float | Schedule, name: str) -> Schedule:
     """A float as a constant schedule; a callable is returned as is. Negative floats are refused."""
     if callable(value):
         return value
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
-        raise ValueError(f"{name} must be a float >= 0 or a schedule step -> float, got {value!r}.")
-    return constant(float(value))
+    expected = "a float >= 0 or a schedule step -> float"
+    strength = real_scalar(value, name, expected)
+    if not strength >= 0:
+        raise ValueError(f"{name} must be {expected}, got {value!r}.")
+    return constant(strength)
 
 
 class Regularizer(abc.ABC):

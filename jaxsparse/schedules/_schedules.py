@@ -16,6 +16,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from jaxsparse._scalars import real_scalar
+
 __all__ = [
     "Schedule",
     "constant",
@@ -75,9 +77,12 @@ class UpdateSchedule:
         return on
 
 
-def _check_fraction(value: float, name: str) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
+def _check_fraction(value: float, name: str) -> float:
+    """``value`` as a Python float in ``[0, 1]`` (numpy and JAX scalars accepted), or a clear error."""
+    fraction = real_scalar(value, name, "a float in [0, 1]")
+    if not 0.0 <= fraction <= 1.0:
         raise ValueError(f"{name} must be a float in [0, 1], got {value!r}.")
+    return fraction
 
 
 @dataclasses.dataclass(frozen=True)
@@ -139,8 +144,7 @@ class _Polynomial:
 
 def constant_drop_fraction(fraction: float) -> Schedule:
     """``f_t = fraction`` at every step."""
-    _check_fraction(fraction, "drop_fraction")
-    return constant(fraction)
+    return constant(_check_fraction(fraction, "drop_fraction"))
 
 
 def cosine_drop_fraction(fraction: float, begin_step: int, end_step: int) -> Schedule:
@@ -153,7 +157,7 @@ def cosine_drop_fraction(fraction: float, begin_step: int, end_step: int) -> Sch
     This is the reference formula (Evci et al. 2020, Section 3, eq. 1), which applies it to the
     global step; the two agree when ``begin_step = 0``.
     """
-    _check_fraction(fraction, "drop_fraction")
+    fraction = _check_fraction(fraction, "drop_fraction")
     _check_step(begin_step, "begin_step")
     _check_step(end_step, "end_step")
     return _CosineDecay(fraction, begin_step, end_step)
@@ -163,7 +167,7 @@ def exponential_drop_fraction(
     fraction: float, decay_rate: float, transition_steps: int, begin_step: int = 0
 ) -> Schedule:
     """``f_t = alpha * decay_rate ** ((t - b) / transition_steps)`` for ``t >= b``."""
-    _check_fraction(fraction, "drop_fraction")
+    fraction = _check_fraction(fraction, "drop_fraction")
     if not 0.0 < decay_rate <= 1.0:
         raise ValueError(f"decay_rate must be in (0, 1], got {decay_rate!r}.")
     return _ExponentialDecay(fraction, decay_rate, transition_steps, begin_step)

@@ -206,6 +206,75 @@ def _check_handed_in(
             )
 
 
+def _is_accumulator(node: Any) -> bool:
+    return isinstance(node, optax.MultiStepsState)
+
+
+def _check_not_accumulating(algorithm: SparseAlgorithm, inner_state: optax.OptState) -> None:
+    """Refuses ``sparsify(MultiSteps(...))`` when mask-update steps skip the inner optimizer.
+
+    Inside ``sparsify`` a ``MultiSteps`` sees micro-batches, so skipping "the optimizer step" on a
+    mask-update step would drop that micro-batch from the accumulation (its counter advancing, its
+    gradient never added). The two compositions that keep every micro-batch are named in the error.
+    """
+    if not algorithm.skip_optimizer_on_update or algorithm.schedule is None:
+        return
+    if any(_is_accumulator(node) for node in jax.tree.leaves(inner_state, is_leaf=_is_accumulator)):
+        raise ValueError(
+            f"sparsify(MultiSteps(...), {algorithm.name}) with skip_optimizer_on_update=True would drop every "
+            "mask-update micro-batch from the gradient accumulation. Either accumulate outside: "
+            "optax.MultiSteps(jaxsparse.sparsify(...), every_k_schedule=k) (update_every then counts optimizer "
+            "steps, and masks are chosen from the accumulated gradient), or build the algorithm with "
+            "skip_optimizer_on_update=False (update_every then counts micro-steps)."
+        )
+
+
+def _check_state_fits(
+    state: SparsifyState, algorithm: SparseAlgorithm, params: Params, inner: optax.GradientTransformation
+) -> None:
+    """A state handed to ``update`` must come from a ``tx`` configured like this one.
+
+    Compares what fixes the state's structure (the algorithm's kind, the layout's plan of these
+    params, the inner optimizer's state structure) in Python, so a mismatch names the difference
+    instead of failing deep inside a ``lax.cond`` or the inner optimizer. Params unlike the ones the
+    state was built for are left to ``check_masks``, whose message names the leaf.
+    """
+    fix = (
+        "pass the state returned by this tx's init (or restored with it as the template), or update with the tx "
+        "that built it."
+    )
+    if not isinstance(state, SparsifyState):
+        raise TypeError(f"sparsify.update needs the state from its own init, got {type(state).__name__}: {fix}")
+    if type(state.algorithm) is not type(algorithm) or state.algorithm.name != algorithm.name:
+        raise ValueError(
+            f"this state was built for {state.algorithm.name} ({type(state.algorithm).__name__}), but this tx runs "
+            f"{algorithm.name} ({type(algorithm).__name__}): {fix}"
+        )
+    leaves = jax.tree.leaves(params)
+    if state.param_structure != jax.tree.structure(params) or any(
+        old is not None and old.shape != tuple(jnp.shape(leaf)) for old, leaf in zip(state.plans, leaves, strict=True)
+    ):
+        return
+    plans = algorithm.plan(params)
+    differ = [
+        (new.name if new is not None else old.name, old, new)
+        for old, new in zip(state.plans, plans, strict=False)
+        if old != new
+    ]
+    if len(state.plans) != len(plans) or differ:
+        details = "; ".join(
+            f"{name}: {'dense' if old is None else f'sparsity {old.sparsity:.4g}'} in the state, "
+            f"{'dense' if new is None else f'sparsity {new.sparsity:.4g}'} here"
+            for name, old, new in differ[:6]
+        )
+        raise ValueError(
+            f"this state was built with another sparsity layout ({details or 'a different number of leaves'}), "
+            f"e.g. another sparsity, distribution, keep_dense or layer_sparsity: {fix}"
+        )
+    if jax.tree.structure(state.inner_state) != jax.tree.structure(jax.eval_shape(inner.init, params)):
+        raise ValueError(f"this state's inner optimizer state has another structure than this tx's optimizer: {fix}")
+
+
 def sparsify(
     inner: optax.GradientTransformation,
     algorithm: SparseAlgorithm,
@@ -267,8 +336,10 @@ def sparsify(
         else:
             _check_handed_in(algorithm, params, masks, algorithm_state, init_key)
             start = masks
+        inner_state = inner.init(_stored_params(params, expanded_trainable(params, plans, start), dense))
+        _check_not_accumulating(algorithm, inner_state)
         state = SparsifyState(
-            inner_state=inner.init(_stored_params(params, expanded_trainable(params, plans, start), dense)),
+            inner_state=inner_state,
             masks=start,
             algorithm_state=algorithm.init_state(params, start) if algorithm_state is None else algorithm_state,
             step=jnp.zeros((), jnp.int32),
@@ -285,9 +356,10 @@ def sparsify(
                 f"sparsify({algorithm.name}) needs params to keep them on the mask: call "
                 "tx.update(grads, state, params)."
             )
-        algorithm.check_masks(params, state.masks)
         if jax.tree.structure(grads) != jax.tree.structure(params):
             raise ValueError("grads do not match params: pass gradients of the loss with respect to the same pytree.")
+        _check_state_fits(state, algorithm, params, inner)
+        algorithm.check_masks(params, state.masks)
         plans = algorithm.plan(params)
         old_masks, step = state.masks, state.step
         this_key = jax.random.fold_in(state.key, step)
