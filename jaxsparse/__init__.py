@@ -6,7 +6,8 @@ Example:
   >>> tx = jsp.sparsify(optax.adam(1e-3), algo, key=jax.random.key(0))
 """
 
-from importlib.metadata import PackageNotFoundError, version
+# A private name: the namespace holds only `__all__` and the subpackages (tests/test_cli_output.py).
+from importlib import metadata as _metadata
 
 from jaxsparse import (
     algorithms,
@@ -22,13 +23,13 @@ from jaxsparse import (
 )
 from jaxsparse.algorithms import SparseAlgorithm, gradual_magnitude, rigl, set_, static, top_kast
 from jaxsparse.inspection import layer_stats, summary, total_sparsity
-from jaxsparse.masks import MaskPair, SparsityLayout, apply_masks
+from jaxsparse.masks import MaskPair, SparsityLayout
 from jaxsparse.selection import global_top_k_masks, top_k_mask
-from jaxsparse.transform import SparsifyState, forward_params, masks_of, sparsify
+from jaxsparse.transform import SparsifyState, apply_masks, forward_params, masks_of, sparsify
 
 try:
-    __version__ = version("jaxsparse")
-except PackageNotFoundError:  # running from a source tree that was never installed
+    __version__ = _metadata.version("jaxsparse")
+except _metadata.PackageNotFoundError:  # running from a source tree that was never installed
     __version__ = "0.0.0"
 
 __all__ = [

@@ -42,7 +42,7 @@ def test_help_lists_every_setting(capsys):
         (["train", "--method", "rigel"], "argument --method: invalid choice: 'rigel'"),
         (["train", "--steps", "ten"], "argument --steps: invalid int value: 'ten'"),
         (["train", "--sparsity", "1.5"], "sparsity=1.5 is invalid: must be in [0, 1)"),
-        (["train", "--resume", "/nonexistent/run"], "no config.json there"),
+        (["train", "--resume", "/nonexistent/run"], "--resume /nonexistent/run: no such folder"),
     ],
 )
 def test_bad_flags_exit_with_a_clear_message(argv, message, capsys):

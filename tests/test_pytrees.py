@@ -189,7 +189,8 @@ def assert_masks_mirror_params(params, masks):
     param_paths = jax.tree_util.tree_leaves_with_path(params)
     mask_struct = jax.tree.structure(masks, is_leaf=is_none)
     assert mask_struct.num_leaves == len(param_paths)
-    assert mask_struct == jax.tree.structure(params)
+    # nnx's Param boxes are seen through: masks are plain bool arrays in the unboxed structure.
+    assert mask_struct == jax.tree.structure(nnx.as_pure(params))
     n_masked = 0
     for (path, p), m in zip(param_paths, mask_leaves(masks), strict=True):
         name = jax.tree_util.keystr(path)
@@ -205,7 +206,7 @@ def assert_masks_mirror_params(params, masks):
 def expected_uniform_counts(params, sparsity):
     return {
         jax.tree_util.keystr(path): p.size - math.floor(sparsity * p.size)
-        for path, p in jax.tree_util.tree_leaves_with_path(params)
+        for path, p in jax.tree_util.tree_leaves_with_path(nnx.as_pure(params))  # masks carry no nnx boxes
         if jnp.ndim(p) >= 2
     }
 

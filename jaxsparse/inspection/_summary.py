@@ -11,8 +11,9 @@ from typing import Any
 import jax
 import numpy as np
 
-from jaxsparse.masks import Masks, Params, check_masks, leaf_name, mask_leaves
-from jaxsparse.transform import find_sparsify_state, masks_of
+from jaxsparse._variables import unboxed
+from jaxsparse.masks import Params, check_masks, leaf_name, mask_leaves
+from jaxsparse.transform import resolve_masks
 
 __all__ = ["LayerStats", "layer_stats", "summary", "total_sparsity"]
 
@@ -43,14 +44,14 @@ class LayerStats:
         return 1.0 - self.active / self.size if self.size else 0.0
 
 
-def _masks(state_or_masks: Any) -> Masks:
-    """The forward masks shaped like the params: from a state (found anywhere inside it), or given."""
-    return state_or_masks if find_sparsify_state(state_or_masks) is None else masks_of(state_or_masks)
-
-
 def layer_stats(params: Params, state_or_masks: Any) -> list[LayerStats]:
-    """Per-leaf counts of mask entries and non-zero values, in flattening order."""
-    masks = _masks(state_or_masks)
+    """Per-leaf counts of mask entries and non-zero values, in flattening order.
+
+    ``state_or_masks`` is a ``sparsify`` state (found anywhere inside an enclosing state) or a mask
+    tree. flax nnx states are read unboxed, so leaves are named ``hidden/kernel``, not ``hidden/kernel/value``.
+    """
+    params = unboxed(params)
+    masks = resolve_masks(state_or_masks)
     check_masks(params, masks)
     stats = []
     for (path, param), mask in zip(
@@ -72,7 +73,7 @@ def layer_stats(params: Params, state_or_masks: Any) -> list[LayerStats]:
 
 def total_sparsity(state_or_masks: Any) -> float:
     """The fraction of inactive entries over all sparsified leaves."""
-    leaves = [np.asarray(m) for m in jax.tree.leaves(_masks(state_or_masks))]
+    leaves = [np.asarray(m) for m in jax.tree.leaves(resolve_masks(state_or_masks))]
     size = sum(m.size for m in leaves)
     return 1.0 - sum(int(np.count_nonzero(m)) for m in leaves) / size if size else 0.0
 

@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxsparse import scores
+from jaxsparse._variables import unboxed
 from jaxsparse.masks._layout import LayerPlan, leaf_name
 from jaxsparse.selection import top_k_mask
 
@@ -52,6 +53,8 @@ def mask_leaves(params: Params, masks: Masks) -> list[jax.Array | None]:
 
     The mask tree is flattened *up to* the params' structure, so ``None`` subtrees of the params (as
     ``eqx.filter`` leaves them) and tuples of any length inside them are handled like any node.
+    Both trees are compared without flax nnx's ``Variable`` boxes, so ``nnx.state(model, nnx.Param)``
+    lines up with the masks an ``nnx.Optimizer`` keeps in ``OptVariable``s, boxed or pure.
 
     Raises:
       ValueError: the mask tree does not have the params' structure.
@@ -59,12 +62,13 @@ def mask_leaves(params: Params, masks: Masks) -> list[jax.Array | None]:
     if params is None:
         raise ValueError("params is None: pass the parameter pytree the masks belong to.")
     try:
-        return jax.tree.structure(params).flatten_up_to(masks)
+        return jax.tree.structure(unboxed(params)).flatten_up_to(unboxed(masks))
     except (ValueError, TypeError) as error:
         raise ValueError(
             "the mask tree does not match the params tree: masks must have the params' structure "
-            "with a bool array at each sparsified leaf and None elsewhere; rebuild them from these "
-            f"params (e.g. tx.init(params)). Details: {error}"
+            "with a bool array at each sparsified leaf and None elsewhere. Take them from the optimizer "
+            "state with jaxsparse.masks_of(state) (for an nnx.Optimizer: optimizer.opt_state), of a "
+            f"state initialised on these params. Details: {error}"
         ) from None
 
 
@@ -76,7 +80,7 @@ def check_masks(params: Params, masks: Masks, plans: Sequence[LayerPlan | None] 
     Runs in Python on shapes only, so it costs nothing under ``jit``.
     """
     entries = mask_leaves(params, masks)
-    paths = [path for path, _ in jax.tree_util.tree_leaves_with_path(params)]
+    paths = [path for path, _ in jax.tree_util.tree_leaves_with_path(unboxed(params))]
     shapes = [tuple(jnp.shape(p)) for p in jax.tree.leaves(params)]
     expected = shapes if plans is None else [None if plan is None else plan.mask_shape for plan in plans]
     for path, shape, want, mask in zip(paths, shapes, expected, entries, strict=True):

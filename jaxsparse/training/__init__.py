@@ -17,7 +17,7 @@ from jaxsparse.training._cli import build_parser, main
 from jaxsparse.training._config import LR_SCHEDULES, OPTIMIZERS, Config, ConfigError, method_names, read_settings
 from jaxsparse.training._loop import TrainResult, make_train_step, train
 from jaxsparse.training._metrics import COLUMNS, MetricsLog, mask_change
-from jaxsparse.training._plots import plot_run
+from jaxsparse.training._plots import plot_run, run_figures
 from jaxsparse.training._report import git_commit, run_report, versions
 
 __all__ = [
@@ -41,6 +41,7 @@ __all__ = [
     "mask_change",
     "plot_run",
     "read_settings",
+    "run_figures",
     "run_report",
     "train",
     "versions",

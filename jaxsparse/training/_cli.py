@@ -106,6 +106,8 @@ def _config(args: argparse.Namespace) -> Config:
     overrides.update({name: getattr(args, name) for name in names if hasattr(args, name)})
     if args.resume is None:
         return Config.from_dict(overrides)
+    if not args.resume.is_dir():
+        raise ConfigError(f"--resume {args.resume}: no such folder; give the results folder of an earlier run.")
     saved = args.resume / "config.json"
     if not saved.is_file():
         raise ConfigError(f"--resume {args.resume}: no config.json there; is it a jaxsparse results folder?")
@@ -134,9 +136,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ConfigError, DatasetNotPreparedError) as error:
         parser.exit(2, f"jaxsparse train: error: {error}\n")
     final = result.metrics[-1]
+    # The loop's own clock (compilation, evaluations and checkpoints included; summed over resumed
+    # sessions), not the process's: start-up, imports and the final report come on top, so say so.
     print(
         f"{config.method} on {config.dataset}/{config.model}: test accuracy {final['test_accuracy']:.4f}, "
-        f"sparsity {final['sparsity']:.4f}, {result.report['wall_time']:.1f} s; results in {result.out_dir}"
+        f"sparsity {final['sparsity']:.4f}, {result.report['wall_time']:.1f} s in the training loop; "
+        f"results in {result.out_dir}"
     )
     return 0
 

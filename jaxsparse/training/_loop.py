@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -35,7 +36,7 @@ from jaxsparse.inspection import inference_flops_ratio, layer_flops, training_fl
 from jaxsparse.masks import Masks, Params
 from jaxsparse.models import create_model
 from jaxsparse.training._build import make_algorithm, make_optimizer
-from jaxsparse.training._checkpoint import Checkpoints
+from jaxsparse.training._checkpoint import Checkpoints, NoIntactCheckpointError
 from jaxsparse.training._config import Config, ConfigError
 from jaxsparse.training._metrics import MetricsLog, mask_change
 from jaxsparse.training._plots import plot_run
@@ -172,14 +173,19 @@ def _initial_state(
     return state
 
 
-def _check_resume(config: Config, record: dict[str, Any] | None, resume: bool) -> None:
-    if record is None:
+def _check_resume(config: Config, checkpoints: Checkpoints, resume: bool) -> None:
+    """Refuses to overwrite a run, and to resume one with settings that would change its trajectory."""
+    steps = checkpoints.steps()
+    if not steps:
         return
     if not resume:
         raise ConfigError(
-            f"out_dir {config.out_dir!r} already holds a run (checkpointed at step {record['step']}): continue it "
+            f"out_dir {config.out_dir!r} already holds a run (checkpointed at step {steps[-1]}): continue it "
             f"with resume=True (jaxsparse train --resume {config.out_dir}), or choose another out_dir (--out)."
         )
+    record = checkpoints.read_record()
+    if record is None:  # no checkpoint has a readable record: _resume names each one as damaged
+        return
     saved = Config.from_dict(record["config"])
     different = config.mismatches(saved)
     if different:
@@ -190,6 +196,36 @@ def _check_resume(config: Config, record: dict[str, Any] | None, resume: bool) -
             f"cannot resume {config.out_dir!r}: these settings differ from the checkpointed run: {details}. Resume "
             "with the run's own settings, or start a new run in another out_dir."
         )
+
+
+def _resume(
+    config: Config, checkpoints: Checkpoints, state: dict[str, Any], resume: bool
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The state and record the run starts from: the newest intact checkpoint, else step 0.
+
+    A resume says on stderr where it starts and which checkpoints it found damaged, whatever
+    ``progress`` is: a run that quietly started over, or fell back to an older checkpoint, would
+    pass for a bug. It never starts over from damaged checkpoints: with none intact it refuses.
+    """
+    start = {"step": 0, "wall_time": 0.0, "last_eval_step": 0}
+    if not resume:  # _check_resume made sure there is no checkpoint
+        return state, start
+    if not checkpoints.steps():
+        print(f"no checkpoint in {checkpoints.directory}: starting from step 0", file=sys.stderr)
+        return state, start
+    try:
+        restored = checkpoints.restore_latest_intact(state)
+    except NoIntactCheckpointError as error:
+        raise ConfigError(
+            f"cannot resume {config.out_dir!r}: {error}. To start over from step 0, delete {checkpoints.directory} "
+            "and resume again; to keep it for inspection, start a new run in another out_dir (--out) instead."
+        ) from None
+    for damaged in restored.damaged:
+        print(f"{damaged}; moved it to {checkpoints.damaged_directory / str(damaged.step)}", file=sys.stderr)
+    where = f"step {restored.step} (checkpoint {restored.path})"
+    done = restored.step >= config.steps
+    print(f"run already complete at {where}" if done else f"resuming from {where}", file=sys.stderr)
+    return restored.state, restored.record
 
 
 def train(config: Config, *, resume: bool = False, progress: bool = True) -> TrainResult:
@@ -203,8 +239,9 @@ def train(config: Config, *, resume: bool = False, progress: bool = True) -> Tra
 
     Args:
       config: the run's settings.
-      resume: continue from the newest checkpoint in ``config.out_dir`` if there is one (else start
-        afresh). The settings that define the trajectory must equal the checkpointed run's; where
+      resume: continue from the newest intact checkpoint in ``config.out_dir`` if there is one
+        (else start afresh), and say on stderr which one, and which newer ones were damaged and set
+        aside. The settings that define the trajectory must equal the checkpointed run's; where
         results go and how often to evaluate or checkpoint may change. Without ``resume``, an
         ``out_dir`` that already holds checkpoints is an error, so no run is overwritten.
       progress: show a tqdm progress bar with the latest loss, accuracy and sparsity.
@@ -213,15 +250,15 @@ def train(config: Config, *, resume: bool = False, progress: bool = True) -> Tra
       The final state, metrics and report.
 
     Raises:
-      ConfigError: ``out_dir`` holds a run and ``resume`` is false, or the settings differ from the
-        checkpointed run's (the message names the fields).
+      ConfigError: ``out_dir`` holds a run and ``resume`` is false, the settings differ from the
+        checkpointed run's (the message names the fields), or every checkpoint is damaged (the
+        message names each one, why, and the fix).
     """
     config = _with_out_dir(config)
     out_dir = Path(config.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     with Checkpoints(out_dir / "checkpoints", keep=config.keep_checkpoints) as checkpoints:
-        record = checkpoints.read_record()
-        _check_resume(config, record, resume)
+        _check_resume(config, checkpoints, resume)
         config.save(out_dir / "config.json")
 
         dataset = load_dataset(config.dataset, data_dir=config.data_dir)
@@ -231,9 +268,7 @@ def train(config: Config, *, resume: bool = False, progress: bool = True) -> Tra
         init_key, mask_key = jax.random.split(jax.random.key(config.seed))
         tx = jsp.sparsify(make_optimizer(config), algorithm, key=mask_key) if sparse else make_optimizer(config)
         state = _initial_state(model, dataset, tx, init_key, sparse)
-        record = record or {"step": 0, "wall_time": 0.0, "last_eval_step": 0}
-        if record["step"]:
-            state, record = checkpoints.restore(state)
+        state, record = _resume(config, checkpoints, state, resume)
         log = MetricsLog(out_dir, keep_until=record["step"] if record["step"] else None)
 
         train_step = make_train_step(model, tx, sparse)
@@ -241,11 +276,16 @@ def train(config: Config, *, resume: bool = False, progress: bool = True) -> Tra
         batches = train_batches(dataset, batch_size=config.batch_size, seed=config.seed)
         step, last_eval = record["step"], record["last_eval_step"]
         started = time.perf_counter() - record["wall_time"]
+        first_step = step
         bar = tqdm(total=config.steps, initial=step, desc=config.method, unit="step", disable=not progress)
         while step < config.steps:
             params, model_state, opt_state, loss = train_step(
                 state["params"], state["model_state"], state["opt_state"], batches[step]
             )
+            if step == first_step:
+                # That call compiled the step. Start the bar's clock now, so that its rate and time
+                # left measure training steps; a first estimate of "16 s/step, 27 h" was compilation.
+                bar.unpause()
             state.update(params=params, model_state=model_state, opt_state=opt_state, loss_sum=state["loss_sum"] + loss)
             step += 1
             bar.update()
@@ -313,7 +353,7 @@ def _finish(
     )
     out_dir = Path(config.out_dir)
     (out_dir / "summary.json").write_text(json.dumps(report, indent=2) + "\n")
-    plot_run(rows, stats, out_dir)
+    plot_run(rows, stats, out_dir, config=config)
     return TrainResult(config, out_dir, params, model_state, opt_state, masks, list(rows), report)
 
 

@@ -24,7 +24,8 @@ COLUMNS = ("step", "train_loss", "test_loss", "test_accuracy", "sparsity", "mask
 
 ``train_loss`` is the mean training loss since the previous evaluation; ``sparsity`` the fraction
 of inactive sparsified weights; ``mask_change`` the fraction of weights active at the previous
-evaluation that are inactive now (:func:`mask_change`); ``wall_time`` seconds of training so far.
+evaluation that are inactive now (:func:`mask_change`); ``wall_time`` the seconds so far on the
+training loop's clock (compilation, evaluations and checkpoints included; start-up not).
 """
 
 

@@ -2,7 +2,8 @@
 
 Figures are drawn on ``matplotlib.figure.Figure`` objects and saved through the Agg canvas, never
 through ``pyplot``: the harness must not switch the global backend of a notebook or GUI session
-that imports it, and it needs no display.
+that imports it, and it needs no display. Each figure's title names the run (method, sparsity,
+model, dataset), so a PNG copied out of its results folder still says what it shows.
 """
 
 from __future__ import annotations
@@ -15,19 +16,27 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from jaxsparse.inspection import LayerStats
+from jaxsparse.training._config import Config
 
-__all__ = ["plot_run"]
-
-
-def _save(figure: Figure, path: Path) -> Path:
-    FigureCanvasAgg(figure)
-    figure.tight_layout()
-    figure.savefig(path, dpi=120)
-    return path
+__all__ = ["plot_run", "run_figures"]
 
 
-def _curves(rows: Sequence[dict[str, Any]], path: Path) -> Path:
-    figure = Figure(figsize=(10, 4))
+def _title(config: Config) -> str:
+    """``"rigl, 90% sparse (erk): mlp on digits"``; a dense run has no sparsity to name."""
+    if config.method == "dense":
+        return f"dense: {config.model} on {config.dataset}"
+    return f"{config.method}, {config.sparsity:.0%} sparse ({config.distribution}): {config.model} on {config.dataset}"
+
+
+def _figure(config: Config, figsize: tuple[float, float]) -> Figure:
+    # Constrained layout leaves room for the suptitle, which tight_layout may overlap.
+    figure = Figure(figsize=figsize, layout="constrained")
+    figure.suptitle(_title(config))
+    return figure
+
+
+def _curves(rows: Sequence[dict[str, Any]], config: Config) -> Figure:
+    figure = _figure(config, (10, 4))
     steps = [row["step"] for row in rows]
     loss, accuracy = figure.subplots(1, 2)
     loss.plot(steps, [row["train_loss"] for row in rows], marker=".", label="train (mean since last eval)")
@@ -38,13 +47,13 @@ def _curves(rows: Sequence[dict[str, Any]], path: Path) -> Path:
     accuracy.set(xlabel="step", ylabel="accuracy", title="test accuracy")
     for axes in (loss, accuracy):
         axes.grid(alpha=0.3)
-    return _save(figure, path)
+    return figure
 
 
-def _layer_sparsity(stats: Sequence[LayerStats], path: Path) -> Path:
+def _layer_sparsity(stats: Sequence[LayerStats], config: Config) -> Figure:
     """Bars for the sparsified leaves only: biases and other dense leaves are always at 0."""
     layers = [s for s in stats if s.sparsified]
-    figure = Figure(figsize=(8, 1.2 + 0.4 * max(len(layers), 1)))
+    figure = _figure(config, (8, 1.6 + 0.4 * max(len(layers), 1)))
     axes = figure.subplots()
     bars = axes.barh([s.name for s in layers], [s.sparsity for s in layers])
     axes.bar_label(bars, labels=[f"{s.sparsity:.1%}" for s in layers], padding=3)
@@ -53,32 +62,58 @@ def _layer_sparsity(stats: Sequence[LayerStats], path: Path) -> Path:
     overall = 1.0 - sum(s.active for s in layers) / size if size else 0.0
     axes.set(xlim=(0, 1.1), xlabel="sparsity", title=f"per-layer sparsity ({overall:.1%} over sparsified layers)")
     axes.grid(axis="x", alpha=0.3)
-    return _save(figure, path)
+    return figure
 
 
-def _mask_change(rows: Sequence[dict[str, Any]], path: Path) -> Path:
-    figure = Figure(figsize=(6, 4))
+def _mask_change(rows: Sequence[dict[str, Any]], config: Config) -> Figure:
+    """The ``mask_change`` column: of the weights active at the previous evaluation, the fraction now inactive."""
+    figure = _figure(config, (6, 4))
     axes = figure.subplots()
     axes.plot([row["step"] for row in rows], [row["mask_change"] for row in rows], marker=".")
-    axes.set(xlabel="step", ylabel="fraction of active weights", title="mask change since previous eval")
+    axes.set(
+        xlabel="step",
+        ylabel="fraction of the active set that changed",
+        title="mask change since the previous evaluation",
+    )
     axes.grid(alpha=0.3)
-    return _save(figure, path)
+    return figure
 
 
-def plot_run(rows: Sequence[dict[str, Any]], stats: Sequence[LayerStats], folder: str | Path) -> list[Path]:
+def run_figures(rows: Sequence[dict[str, Any]], stats: Sequence[LayerStats], config: Config) -> dict[str, Figure]:
+    """The figures :func:`plot_run` saves, by file name, each titled with the run it shows.
+
+    Args:
+      rows: the metrics rows (see :data:`~jaxsparse.training.COLUMNS`).
+      stats: the final per-leaf statistics (:func:`jaxsparse.layer_stats`).
+      config: the run's settings, which the titles name.
+
+    Returns:
+      ``{"curves.png": ..., "layer_sparsity.png": ..., "mask_change.png": ...}``, unsaved.
+    """
+    return {
+        "curves.png": _curves(rows, config),
+        "layer_sparsity.png": _layer_sparsity(stats, config),
+        "mask_change.png": _mask_change(rows, config),
+    }
+
+
+def plot_run(
+    rows: Sequence[dict[str, Any]], stats: Sequence[LayerStats], folder: str | Path, *, config: Config
+) -> list[Path]:
     """Writes ``curves.png``, ``layer_sparsity.png`` and ``mask_change.png`` into ``folder``.
 
     Args:
       rows: the metrics rows (see :data:`~jaxsparse.training.COLUMNS`).
       stats: the final per-leaf statistics (:func:`jaxsparse.layer_stats`).
       folder: where to write.
+      config: the run's settings, which the titles name.
 
     Returns:
       The paths written.
     """
-    folder = Path(folder)
-    return [
-        _curves(rows, folder / "curves.png"),
-        _layer_sparsity(stats, folder / "layer_sparsity.png"),
-        _mask_change(rows, folder / "mask_change.png"),
-    ]
+    paths = []
+    for name, figure in run_figures(rows, stats, config).items():
+        FigureCanvasAgg(figure)
+        figure.savefig(Path(folder) / name, dpi=120)
+        paths.append(Path(folder) / name)
+    return paths

@@ -73,7 +73,8 @@ def run_report(
       stats: the final per-leaf statistics of the weights used at inference.
       table: ``jsp.summary``'s table of the same.
       flops: dense FLOPs and the inference and training FLOPs ratios vs dense.
-      wall_time: seconds of training.
+      wall_time: seconds on the training loop's clock: compiling the step, evaluations and
+        checkpoints included, start-up and this report not; summed over the sessions of a resumed run.
 
     Returns:
       A JSON-serialisable dict: the final metrics row, the best test accuracy, the total and

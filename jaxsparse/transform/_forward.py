@@ -10,6 +10,9 @@
 Which one applies is the algorithm's own choice (``SparseAlgorithm.forward_params``), read from the
 state. So whether the user differentiates with respect to ``forward_params(...)``'s output or
 through it, the wrapper receives what the algorithm needs.
+
+``apply_masks`` is the same projection as plain values, for the two places no gradient flows:
+making the model sparse at init, and the model to deploy.
 """
 
 from __future__ import annotations
@@ -18,10 +21,11 @@ from typing import Any
 
 import jax
 
+from jaxsparse import masks as masks_lib
 from jaxsparse.masks import Masks, Params, check_masks, mask_leaves, masked
-from jaxsparse.transform._state import find_sparsify_state
+from jaxsparse.transform._state import find_sparsify_state, resolve_masks
 
-__all__ = ["forward_params"]
+__all__ = ["apply_masks", "forward_params"]
 
 
 def forward_params(params: Params, state: Any) -> Params:
@@ -54,3 +58,29 @@ def forward_params(params: Params, state: Any) -> Params:
         for p, m in zip(jax.tree.leaves(params), mask_leaves(params, masks), strict=True)
     ]
     return jax.tree.unflatten(jax.tree.structure(params), leaves)
+
+
+def apply_masks(params: Params, state_or_masks: Any) -> Params:
+    """Projects parameters onto the forward masks: ``theta * masks_of(state)``, exactly ``0`` off them.
+
+    Call it once after ``tx.init`` so the model is sparse from step 0 (the first update would
+    project it anyway), and to get the sparse model to deploy. For Top-KAST the forward masks are
+    the set ``A``: the projection is the inference model, while training keeps the dense storage and
+    feeds ``forward_params`` to the forward pass.
+
+    Args:
+      params: the parameter pytree (flax nnx ``Param``-boxed states included; the boxes are kept).
+      state_or_masks: a :func:`~jaxsparse.sparsify` state, any optax state holding one (chain,
+        ``MultiSteps``, ``inject_hyperparams``, ``nnx.Optimizer.opt_state``), or a mask tree.
+
+    Returns:
+      The projected parameters, with the structure and dtypes of ``params``.
+
+    Example:
+      >>> import jax, jax.numpy as jnp, optax, jaxsparse as jsp
+      >>> params = {"w": jnp.ones((4, 4))}
+      >>> state = jsp.sparsify(optax.sgd(0.1), jsp.static(0.75), key=jax.random.key(0)).init(params)
+      >>> int((apply_masks(params, state)["w"] != 0).sum())
+      4
+    """
+    return masks_lib.apply_masks(params, resolve_masks(state_or_masks))

@@ -39,6 +39,7 @@ import numpy as np
 import optax
 
 from jaxsparse._explicit import explicit_sharding
+from jaxsparse._variables import unboxed
 from jaxsparse.algorithms import AlgorithmState, ParamReset, SparseAlgorithm
 from jaxsparse.masks import LayerPlan, Masks, Params, expand_masks, leaf_name, mask_leaves
 from jaxsparse.transform._slots import reset_slots, slot_owners
@@ -251,7 +252,7 @@ def _check_state_fits(
             f"{algorithm.name} ({type(algorithm).__name__}): {fix}"
         )
     leaves = jax.tree.leaves(params)
-    if state.param_structure != jax.tree.structure(params) or any(
+    if state.param_structure != jax.tree.structure(unboxed(params)) or any(
         old is not None and old.shape != tuple(jnp.shape(leaf)) for old, leaf in zip(state.plans, leaves, strict=True)
     ):
         return
@@ -346,7 +347,8 @@ def sparsify(
             key=step_key,
             algorithm=algorithm,
             plans=tuple(plans),
-            param_structure=jax.tree.structure(params),
+            # nnx.Optimizer inits on Param-boxed params and updates on bare ones: record the bare structure.
+            param_structure=jax.tree.structure(unboxed(params)),
         )
         return _follow_param_shardings(state, params)
 

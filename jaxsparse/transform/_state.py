@@ -14,10 +14,11 @@ from typing import Any
 import jax
 import optax
 
+from jaxsparse._variables import unboxed
 from jaxsparse.algorithms import AlgorithmState, SparseAlgorithm
 from jaxsparse.masks import LayerPlan, Masks
 
-__all__ = ["SparsifyState", "find_sparsify_state", "masks_of"]
+__all__ = ["SparsifyState", "find_sparsify_state", "masks_of", "resolve_masks"]
 
 
 @jax.tree_util.register_dataclass
@@ -62,8 +63,11 @@ class SparsifyState:
 def find_sparsify_state(tree: Any) -> SparsifyState | None:
     """The one :class:`SparsifyState` inside ``tree`` (any enclosing optax state), or ``None``.
 
-    Found anywhere inside a chain, ``inject_hyperparams``, ``MultiSteps``, a linen ``TrainState``
-    or any other pytree, as ``optax.tree_utils.tree_get`` finds a state.
+    Found anywhere inside a chain, ``inject_hyperparams``, ``MultiSteps``, a linen ``TrainState``,
+    an ``nnx.Optimizer``'s ``opt_state`` or any other pytree, as ``optax.tree_utils.tree_get`` finds
+    a state. ``nnx.Optimizer`` boxes the state's arrays in ``OptVariable``s; the state returned is
+    unboxed (``sparsify`` records the params' structure without nnx's boxes), so its masks line up
+    with ``nnx.state(model, nnx.Param)`` and with its pure form alike.
 
     Raises:
       ValueError: ``tree`` holds more than one ``sparsify`` state.
@@ -77,7 +81,7 @@ def find_sparsify_state(tree: Any) -> SparsifyState | None:
         raise ValueError(
             f"the state holds {len(found)} sparsify states; pass the one you mean (e.g. state[i] of a chain)."
         )
-    return found[0] if found else None
+    return unboxed(found[0]) if found else None
 
 
 def masks_of(state: Any) -> Masks:
@@ -85,9 +89,11 @@ def masks_of(state: Any) -> Masks:
 
     ``True`` marks an active weight; dense leaves hold ``None``. For Top-KAST this is the forward
     set ``A``, the one to use at inference; group-level masks are broadcast to their parameters.
+    The masks are plain ``bool`` arrays, without the nnx boxes an ``nnx.Optimizer`` keeps them in.
 
     Args:
-      state: the state of ``sparsify``, or any optax state (chain, wrapper, ``TrainState``) holding it.
+      state: the state of ``sparsify``, or any optax state (chain, wrapper, ``TrainState``,
+        ``nnx.Optimizer.opt_state``) holding it.
 
     Example:
       >>> import jax, jax.numpy as jnp, optax, jaxsparse as jsp
@@ -99,6 +105,16 @@ def masks_of(state: Any) -> Masks:
     if found is None:
         raise TypeError(
             f"masks_of expects a state that holds sparsify's state (tx.init of a jaxsparse.sparsify "
-            f"transformation, alone or in a chain), got {type(state).__name__}."
+            f"transformation, alone or in a chain; for an nnx.Optimizer, optimizer.opt_state), got "
+            f"{type(state).__name__}."
         )
     return found.expanded(found.algorithm.forward_masks(found.masks))
+
+
+def resolve_masks(state_or_masks: Any) -> Masks:
+    """``masks_of(state_or_masks)`` when it holds a ``sparsify`` state, else ``state_or_masks`` (a mask tree).
+
+    The helpers that take "the masks" (``apply_masks``, ``summary``, ...) accept the optimizer state
+    as readily as the mask tree, the way ``forward_params`` does.
+    """
+    return state_or_masks if find_sparsify_state(state_or_masks) is None else masks_of(state_or_masks)
