@@ -21,7 +21,7 @@ from jaxsparse import (
     selection,
     transform,
 )
-from jaxsparse.algorithms import SparseAlgorithm, gradual_magnitude, rigl, set_, static, top_kast
+from jaxsparse.algorithms import SparseAlgorithm, gap, gradual_magnitude, rigl, set_, static, top_kast
 from jaxsparse.inspection import layer_stats, summary, total_sparsity
 from jaxsparse.masks import MaskPair, SparsityLayout
 from jaxsparse.selection import global_top_k_masks, top_k_mask
@@ -44,6 +44,7 @@ __all__ = [
     "distributions",
     "forward_params",
     "global_top_k_masks",
+    "gap",
     "gradual_magnitude",
     "inspection",
     "layer_stats",

@@ -65,9 +65,9 @@ class AveragedGradientGrowth(SparseAlgorithm):
             new.append(kept | top_k_mask(a, dropped, candidates=~kept, tie_seed=grow_seed))
         return masks_from_leaves(params, new), state
 
-    def training_flops(self, flops, forward_density, trainable_density, total_steps):
+    def training_flops(self, flops, forward_density, trainable_density, total_steps, names, plans):
         """The average needs the dense gradient on every step: ``(2 f_S + f_D) / 3 f_D``."""
-        del trainable_density, total_steps
+        del trainable_density, total_steps, names, plans
         return float((2 * (forward_density @ flops) + flops.sum()) / (3 * flops.sum()))
 
 

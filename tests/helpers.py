@@ -48,8 +48,15 @@ def make_train_step(tx: optax.GradientTransformationExtraArgs):
 def registered_algorithms(sparsity: float = 0.8, **settings) -> dict:
     """Every registered algorithm (built-ins and the worked example), built from the same small settings.
 
-    Defaults: ERK, masks updated every 2 steps from step 0 to step 100.
+    Defaults: ERK, masks updated every 2 steps from step 0 to step 100; GaP with 2 partitions
+    (the test MLPs have 3 kernels) of 2 steps each, for 2 rounds.
     """
     shared = dict(update_every=2, begin_step=0, end_step=100)
     shared.update(settings)
-    return {method.name: method.make(sparsity, **shared) for method in jsp.algorithms.registered()}
+    return {
+        method.name: method.make(sparsity, options=SMALL_OPTIONS, **shared) for method in jsp.algorithms.registered()
+    }
+
+
+SMALL_OPTIONS = {"gap_partitions": 2, "gap_steps_per_phase": 2, "gap_rounds": 2}
+"""Method options that fit the small test models (each method reads only its own)."""

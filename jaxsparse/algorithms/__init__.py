@@ -19,12 +19,15 @@ from jaxsparse.algorithms._static import Static, static
 from jaxsparse.algorithms._drop_and_grow import DropAndGrow, drop_count, rigl, set_
 from jaxsparse.algorithms._top_kast import ExplorationPenalty, TopKast, top_kast
 from jaxsparse.algorithms._gradual_magnitude import GradualMagnitude, gradual_magnitude
+from jaxsparse.algorithms._gap import GapState, GrowAndPrune, gap, gap_partitions
 
 __all__ = [
     "AlgorithmState",
     "DropAndGrow",
     "ExplorationPenalty",
+    "GapState",
     "GradualMagnitude",
+    "GrowAndPrune",
     "Method",
     "Option",
     "ParamReset",
@@ -33,6 +36,8 @@ __all__ = [
     "Static",
     "TopKast",
     "drop_count",
+    "gap",
+    "gap_partitions",
     "gradual_magnitude",
     "grown_values",
     "layer_key",

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import abc
 import inspect
+from collections.abc import Sequence
 from typing import Any, ClassVar, NamedTuple
 
 import jax
@@ -273,15 +274,24 @@ class SparseAlgorithm(abc.ABC):
 
     @abc.abstractmethod
     def training_flops(
-        self, flops: np.ndarray, forward_density: np.ndarray, trainable_density: np.ndarray, total_steps: int
+        self,
+        flops: np.ndarray,
+        forward_density: np.ndarray,
+        trainable_density: np.ndarray,
+        total_steps: int,
+        names: Sequence[str],
+        plans: Sequence[LayerPlan | None],
     ) -> float:
         """Training FLOPs of ``total_steps`` steps relative to dense training (see :mod:`jaxsparse.inspection`).
 
         Args:
           flops: dense forward FLOPs of each layer of one step.
-          forward_density: each layer's density of the forward mask (1 for dense layers).
-          trainable_density: each layer's density of the trainable mask.
+          forward_density: each layer's density of the forward mask at the end (1 for dense layers).
+          trainable_density: each layer's density of the trainable mask at the end.
           total_steps: steps ``0 .. total_steps - 1``.
+          names: each layer's leaf name, in the order of ``flops``.
+          plans: the layout's plan of the whole params tree (``None`` at dense leaves), for
+            algorithms whose cost depends on which layer is which (GaP's dense partition).
         """
 
     def inference_flops(self, flops: np.ndarray, forward_density: np.ndarray) -> float:

@@ -139,14 +139,14 @@ class DropAndGrow(SparseAlgorithm):
 
         return ParamReset(grown_values(params, old, draw), newly_active(old, new))
 
-    def training_flops(self, flops, forward_density, trainable_density, total_steps) -> float:
+    def training_flops(self, flops, forward_density, trainable_density, total_steps, names, plans) -> float:
         """``3 f_S`` per step; RigL's mask-update steps cost ``2 f_S + f_D`` (the dense weight gradient).
 
         The paper's average ``(3 f_S dT + 2 f_S + f_D) / (dT + 1)`` counts the update as one step
         added to every ``dT``; here the update steps are counted exactly from the schedule. Any
         score other than ``|theta|`` and random is taken to need the dense gradient, like RigL's.
         """
-        del trainable_density
+        del trainable_density, names, plans
         if self.grow_score in _GRADIENT_FREE_SCORES and self.drop_score in _GRADIENT_FREE_SCORES:
             return sparse_forward_cost(flops, forward_density)
         sparse, dense = forward_density @ flops, flops.sum()

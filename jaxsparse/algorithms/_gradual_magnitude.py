@@ -126,14 +126,14 @@ class GradualMagnitude(SparseAlgorithm):
         after = np.where(last >= 0, ramp[np.maximum(last, 0)], self.initial_sparsity)
         return np.concatenate([[self.initial_sparsity], after[:-1]])
 
-    def training_flops(self, flops, forward_density, trainable_density, total_steps) -> float:
+    def training_flops(self, flops, forward_density, trainable_density, total_steps, names, plans) -> float:
         """``3 f_S(t)`` averaged over the steps, at the sparsity the ramp set at the last update before ``t``.
 
         Each layer ``l`` is taken at sparsity ``S_l s_t / S``, with ``S_l`` its final sparsity in the
         given masks (exact for ``scope="layer"``, the proportional estimate for ``scope="global"``;
         Zhu & Gupta 2017).
         """
-        del trainable_density
+        del trainable_density, names, plans
         final = self.layout.sparsity
         if final == 0:
             return 1.0

@@ -50,9 +50,9 @@ class Static(SparseAlgorithm):
         del params, grads, step, key
         return masks, state
 
-    def training_flops(self, flops, forward_density, trainable_density, total_steps) -> float:
+    def training_flops(self, flops, forward_density, trainable_density, total_steps, names, plans) -> float:
         """``3 f_S / 3 f_D``: every pass runs on the fixed masks."""
-        del trainable_density, total_steps
+        del trainable_density, total_steps, names, plans
         return sparse_forward_cost(flops, forward_density)
 
 

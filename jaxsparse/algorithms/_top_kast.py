@@ -183,9 +183,9 @@ class TopKast(SparseAlgorithm):
         """Nothing: weights are stored densely, so a weight entering ``B`` resumes from its stored value."""
         del params, old, new, state, key, is_update
 
-    def training_flops(self, flops, forward_density, trainable_density, total_steps) -> float:
+    def training_flops(self, flops, forward_density, trainable_density, total_steps, names, plans) -> float:
         """``(2 f_A + f_B) / 3 f_D``: the forward pass and the input gradient on ``A``, the weight gradient on ``B``."""
-        del total_steps
+        del total_steps, names, plans
         return float((2.0 * (forward_density @ flops) + trainable_density @ flops) / (3.0 * flops.sum()))
 
 

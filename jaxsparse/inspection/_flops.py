@@ -30,11 +30,12 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from jax.extend import core as jex_core
 
 from jaxsparse.algorithms import SparseAlgorithm
-from jaxsparse.masks import Masks, Params, leaf_name
+from jaxsparse.masks import LayerPlan, Masks, Params, leaf_name
 from jaxsparse.transform import find_sparsify_state
 
 __all__ = ["inference_flops_ratio", "layer_flops", "training_flops_ratio"]
@@ -304,5 +305,25 @@ def training_flops_ratio(
     flops = _flops(dense_flops)
     forward, trainable, _ = _views(state_or_masks, algorithm)
     return algorithm.training_flops(
-        flops, _densities(dense_flops, forward), _densities(dense_flops, trainable), total_steps
+        flops,
+        _densities(dense_flops, forward),
+        _densities(dense_flops, trainable),
+        total_steps,
+        list(dense_flops),
+        _plans(state_or_masks, algorithm),
     )
+
+
+def _plans(state_or_masks: Any, algorithm: SparseAlgorithm) -> Sequence[LayerPlan | None]:
+    """The layout's plan of the params the masks belong to.
+
+    From the state when given one; from a mask tree, the algorithm's plan of params shaped like
+    the masks (a structured layout's masks are group-level, so pass its state instead).
+    """
+    found = find_sparsify_state(state_or_masks)
+    if found is not None:
+        return found.plans
+    shaped = jax.tree.map(
+        lambda m: jax.ShapeDtypeStruct(jnp.shape(m), jnp.float32), algorithm.forward_masks(state_or_masks)
+    )
+    return algorithm.plan(shaped)

@@ -1,6 +1,6 @@
 """Masks, their structure, the layout that decides which leaves are sparse, and mask-tree utilities."""
 
-from jaxsparse.masks._layout import LayerPlan, LeafFilter, SparsityLayout, default_filter, leaf_name
+from jaxsparse.masks._layout import LayerPlan, LeafFilter, SparsityLayout, default_filter, leaf_name, natural_key
 from jaxsparse.masks._masked import masked
 from jaxsparse.masks._masks import (
     MaskPair,
@@ -33,5 +33,6 @@ __all__ = [
     "mask_leaves",
     "masked",
     "masks_from_leaves",
+    "natural_key",
     "random_masks",
 ]

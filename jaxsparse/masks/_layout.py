@@ -23,7 +23,7 @@ from jaxsparse._variables import unboxed
 from jaxsparse.distributions import DISTRIBUTIONS, layer_sparsities, validate_sparsity, zeros_count
 from jaxsparse.masks._structure import Structure, Unstructured
 
-__all__ = ["LeafFilter", "LayerPlan", "SparsityLayout", "default_filter", "leaf_name"]
+__all__ = ["LeafFilter", "LayerPlan", "SparsityLayout", "default_filter", "leaf_name", "natural_key"]
 
 LeafFilter = Callable[[str, jax.Array], bool]
 """Decides from a leaf's name and value (shape, dtype) whether it is sparsified."""
@@ -49,8 +49,8 @@ def _listing(names: list[str]) -> str:
     return shown + (f" and {len(names) - 12} more" if len(names) > 12 else "")
 
 
-def _natural_key(name: str) -> list:
-    """Sort key treating digit runs as numbers, so ``layer_10`` comes after ``layer_9``."""
+def natural_key(name: str) -> list:
+    """Sort key of leaf names in network order: digit runs compare as numbers (``layer_9`` before ``layer_10``)."""
     return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]
 
 
@@ -185,7 +185,7 @@ class SparsityLayout:
             and self.include(name, leaf)
             and not any(re.search(p, name) for p in self.keep_dense)
         ]
-        ordered = sorted(chosen, key=lambda i: _natural_key(names[i]))
+        ordered = sorted(chosen, key=lambda i: natural_key(names[i]))
         if self.dense_first_layer and ordered:
             ordered = ordered[1:]
         if self.dense_last_layer and ordered:
