@@ -43,7 +43,7 @@ from typing import Any
 from matplotlib.figure import Figure
 
 from benchmarks.common import COMPILATION_CACHE, argument_parser, output_path, write_results
-from jaxsparse.algorithms import registered
+from jaxsparse.algorithms import lookup, registered
 
 SPARSE_METHODS = tuple(method.name for method in registered())
 """Every registered algorithm: a newly registered one joins the sweep."""
@@ -51,7 +51,8 @@ DYNAMIC = ("set", "rigl", "top_kast")
 SPARSITIES = (0.8, 0.9, 0.95, 0.98)
 DISTRIBUTIONS = ("uniform", "erk")
 DATASET_SETTINGS: dict[str, dict[str, Any]] = {
-    "digits": {"model": "mlp", "steps": 1000},
+    # The MLP has 3 kernels, 2 sparsified when the first layer is dense: GaP gets 2 partitions.
+    "digits": {"model": "mlp", "steps": 1000, "options": {"gap_partitions": 2}},
     "mnist1d": {"model": "lenet5", "steps": 3000},
     "mnist": {"model": "lenet300_100", "steps": 6000},
     "fashion_mnist": {"model": "lenet5", "steps": 6000},
@@ -131,6 +132,8 @@ def train_one(run: Run, cache_dir: str) -> dict[str, Any]:
     """Trains ``run`` with the harness (results folder in a temporary directory) and returns its CSV row."""
     from jaxsparse.training import Config, compilation_cache, train
 
+    own = {option.name for option in lookup(run.method).options} if run.method != "dense" else set()
+    options = DATASET_SETTINGS[run.dataset].get("options", {})
     config = Config(
         method=run.method,
         sparsity=run.sparsity,
@@ -144,6 +147,7 @@ def train_one(run: Run, cache_dir: str) -> dict[str, Any]:
         eval_every=run.steps,
         checkpoint_every=run.steps,
         keep_checkpoints=1,
+        options=tuple((name, value) for name, value in options.items() if name in own),
     )
     with tempfile.TemporaryDirectory() as out_dir, compilation_cache(cache_dir):
         result = train(config.replace(out_dir=out_dir), progress=False)
