@@ -20,6 +20,7 @@ from jaxsparse.algorithms._drop_and_grow import DropAndGrow, drop_count, rigl, s
 from jaxsparse.algorithms._top_kast import ExplorationPenalty, TopKast, top_kast
 from jaxsparse.algorithms._gradual_magnitude import GradualMagnitude, gradual_magnitude
 from jaxsparse.algorithms._gap import GapState, GrowAndPrune, gap, gap_partitions
+from jaxsparse.algorithms._parallel_gap import ParallelGrowAndPrune, parallel_gap, replica_axes
 
 __all__ = [
     "AlgorithmState",
@@ -30,6 +31,7 @@ __all__ = [
     "GrowAndPrune",
     "Method",
     "Option",
+    "ParallelGrowAndPrune",
     "ParamReset",
     "Settings",
     "SparseAlgorithm",
@@ -43,8 +45,10 @@ __all__ = [
     "layer_key",
     "lookup",
     "newly_active",
+    "parallel_gap",
     "register",
     "registered",
+    "replica_axes",
     "rigl",
     "set_",
     "sparse_forward_cost",

@@ -74,16 +74,20 @@ def layer_key(key: jax.Array, leaf_index: int) -> jax.Array:
 
 
 class ParamReset(NamedTuple):
-    """Parameter values an algorithm sets where its masks changed.
+    """Parameter values an algorithm sets where its masks changed, and whether the optimizer restarts.
 
     Attributes:
       values: a tree like the params; at each leaf, the values to move the parameter to, of its
         shape or a scalar (``None``: leave the leaf alone).
       where: a tree like the params of ``bool`` arrays of the parameters' shapes, where to set them.
+      restart_optimizer: a ``bool`` scalar; where true, the inner optimizer's whole state (moments
+        and step counters) restarts from its ``init``, as GaP's code restarts Adam each round.
+        ``None``: only the slots where masks changed are reset.
     """
 
     values: Params
     where: Masks
+    restart_optimizer: jax.Array | None = None
 
 
 def newly_active(old: Masks, new: Masks) -> Masks:

@@ -56,7 +56,7 @@ from jaxsparse.regularizers import Regularizer
 from jaxsparse.schedules import UpdateSchedule
 from jaxsparse.selection import global_top_k_masks, top_k_mask
 
-__all__ = ["GapState", "GrowAndPrune", "gap", "gap_partitions"]
+__all__ = ["GapState", "GrowAndPrune", "checked_count", "checked_partitions", "gap", "gap_partitions"]
 
 ORDERS = ("cyclic", "random")
 SCOPES = ("layer", "global")
@@ -256,10 +256,23 @@ class GrowAndPrune(SparseAlgorithm):
         return float(costs.mean() / flops.sum())
 
 
-def _positive_int(value, name: str) -> int:
+def checked_count(value, name: str) -> int:
+    """A GaP length or count as an int >= 1, or a clear error."""
     if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
         raise ValueError(f"GaP's {name} must be an int >= 1, got {value!r}.")
     return int(value)
+
+
+def checked_partitions(partitions: int | Sequence[Sequence[str]]) -> int | tuple[tuple[str, ...], ...]:
+    """``kappa`` as an int >= 1, or the partitions' patterns as a tuple of tuples (hashable)."""
+    if isinstance(partitions, int | np.integer):
+        return checked_count(partitions, "partitions")
+    if isinstance(partitions, str) or any(isinstance(p, str) for p in partitions):
+        raise TypeError("GaP partitions must be a count or a list of pattern lists, e.g. [['conv'], ['dense']].")
+    partitions = tuple(tuple(p) for p in partitions)
+    if not partitions:
+        raise ValueError("GaP needs at least one partition.")
+    return partitions
 
 
 def gap(
@@ -303,16 +316,9 @@ def gap(
     References:
       Ma et al., "Effective Model Sparsification by Scheduled Grow-and-Prune Methods", ICLR 2022.
     """
-    if not isinstance(partitions, int):
-        if isinstance(partitions, str) or not all(not isinstance(p, str) for p in partitions):
-            raise TypeError("GaP partitions must be a count or a list of pattern lists, e.g. [['conv'], ['dense']].")
-        partitions = tuple(tuple(p) for p in partitions)
-        if not partitions:
-            raise ValueError("GaP needs at least one partition.")
-    else:
-        partitions = _positive_int(partitions, "partitions")
-    steps_per_phase = _positive_int(steps_per_phase, "steps_per_phase")
-    rounds = _positive_int(rounds, "rounds")
+    partitions = checked_partitions(partitions)
+    steps_per_phase = checked_count(steps_per_phase, "steps_per_phase")
+    rounds = checked_count(rounds, "rounds")
     if order not in ORDERS:
         raise ValueError(f"unknown GaP order {order!r}; choose 'cyclic' or 'random'.")
     if final_scope not in SCOPES:

@@ -119,6 +119,11 @@ def _hold_moments(stepped: optax.OptState, held: optax.OptState, hold: jax.Array
     return jax.tree.map(choose, stepped, held)
 
 
+def _restarted(state: optax.OptState, fresh: optax.OptState, restart: jax.Array) -> optax.OptState:
+    """``fresh`` (the inner optimizer's ``init``, counters included) where ``restart``, else ``state``."""
+    return jax.tree.map(lambda f, s: jnp.where(restart, jnp.asarray(f, jnp.result_type(s)), s), fresh, state)
+
+
 def _proximal(updates, params, algorithm: SparseAlgorithm, masks, plans, step) -> Params:
     """Updates that land ``params`` on the regulariser's proximal point of ``params + updates``."""
     regularizer = algorithm.regularizer
@@ -386,13 +391,18 @@ def sparsify(
             old_trainable = expanded_trainable(params, plans, old_masks)
             # inner.init(params) is traced, not run: XLA folds it to constants for the usual optimizers.
             fresh_state = inner.init(_stored_params(params, new_trainable, dense))
+            action_key = jax.random.fold_in(this_key, _ACTION_STREAM)
+            reset = algorithm.on_mask_change(params, old_trainable, new_trainable, algo_state, action_key, is_update)
+            restart = None if reset is None else reset.restart_optimizer
             held = reset_slots(state.inner_state, fresh_state, params, _changed(params, old_trainable, new_trainable))
+            if restart is not None:
+                held = _restarted(held, fresh_state, restart)
             updates, inner_state = inner.update(_restrict(objective_grads, new_trainable), held, params, **extra_args)
             if algorithm.skip_optimizer_on_update:
                 updates = jax.tree.map(lambda u: jnp.where(is_update, jnp.zeros((), u.dtype), u), updates)
                 inner_state = _hold_moments(inner_state, held, is_update)
-            action_key = jax.random.fold_in(this_key, _ACTION_STREAM)
-            reset = algorithm.on_mask_change(params, old_trainable, new_trainable, algo_state, action_key, is_update)
+                if restart is not None:  # no step was taken: the optimizer is exactly as new
+                    inner_state = _restarted(inner_state, fresh_state, restart)
             if reset is not None:
                 updates = _apply_reset(updates, params, reset)
         updates = _project(updates, params, new_trainable, dense)
