@@ -33,7 +33,10 @@ def versions() -> dict[str, str | None]:
 
 
 def git_commit() -> str | None:
-    """The commit of the jaxsparse source tree, with ``+dirty`` if it has uncommitted changes.
+    """The commit of the jaxsparse source tree, with ``+dirty`` if the package has uncommitted changes.
+
+    Only the package's own files count: a benchmark writing its results into the same checkout
+    does not make the code that produced them dirty.
 
     ``None`` when jaxsparse is not running from a git checkout (e.g. installed from a wheel) or
     git is unavailable.
@@ -46,7 +49,7 @@ def git_commit() -> str | None:
         if head.returncode != 0:
             return None
         status = subprocess.run(
-            ["git", "-C", str(source), "status", "--porcelain", "--untracked-files=no"],
+            ["git", "-C", str(source), "status", "--porcelain", "--untracked-files=no", "--", "."],
             capture_output=True,
             text=True,
             timeout=10,
