@@ -13,7 +13,7 @@ import pytest
 
 import jaxsparse as jsp
 from jaxsparse.algorithms import gap_partitions
-from jaxsparse.training import Config, train
+from jaxsparse.training import Config, ConfigError, train
 from tests.helpers import make_mlp
 
 SIZES = (16, 32, 32, 32, 8)  # kernels of 512, 1024, 1024 and 256 weights
@@ -147,12 +147,19 @@ def test_training_flops_count_the_dense_partition_dense():
     assert jsp.inspection.training_flops_ratio(algo, flops, state, total_steps=6) == pytest.approx(expected)
 
 
-def test_cli_run_killed_mid_phase_resumes_bit_identical(tmp_path, monkeypatch):
-    """``jaxsparse train --method gap``: 3 partitions, T=5, 2 rounds; killed at step 17, mid-phase and mid-round."""
+@pytest.mark.parametrize("parallel", [False, True], ids=["cyclic", "parallel"])
+def test_cli_run_killed_mid_phase_resumes_bit_identical(tmp_path, monkeypatch, parallel):
+    """``jaxsparse train --method gap [--gap-parallel]``, T=5, 2 rounds; killed at step 17, mid-phase and mid-round.
+
+    C-GaP has 3 partitions; P-GaP 2 replicas, each 4-way data parallel on the 8 CPU devices.
+    """
     import jaxsparse.training._loop as loop
 
     run = dict(method="gap", dataset="digits", model="mlp", steps=40, batch_size=32, update_every=5, eval_every=5)
-    run |= dict(checkpoint_every=10, options=(("gap_steps_per_phase", 5), ("gap_rounds", 2)))
+    options = (("gap_steps_per_phase", 5), ("gap_rounds", 2))
+    if parallel:
+        options += (("gap_partitions", 2), ("gap_parallel", True))
+    run |= dict(checkpoint_every=10, options=options)
     reference = train(Config(**run, out_dir=str(tmp_path / "reference")), progress=False)
     real = loop.train_batches
 
@@ -179,5 +186,12 @@ def test_cli_run_killed_mid_phase_resumes_bit_identical(tmp_path, monkeypatch):
                 x, y = jax.random.key_data(x), jax.random.key_data(y)
             np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
     state = jsp.transform.find_sparsify_state(resumed.opt_state)
-    assert int(state.algorithm_state.dense_partition) == -1
-    assert abs(jsp.total_sparsity(state) - 0.9) < 0.01
+    assert np.all(np.asarray(state.algorithm_state.dense_partition) == -1)
+    assert abs(resumed.report["sparsity"] - 0.9) < 0.01 and resumed.report["flops"]["training_ratio"] > 0
+
+
+def test_parallel_gap_refuses_a_device_count_that_fits_neither_way(tmp_path):
+    options = (("gap_partitions", 3), ("gap_parallel", True))
+    config = Config(method="gap", dataset="digits", model="mlp", options=options, out_dir=str(tmp_path / "run"))
+    with pytest.raises(ConfigError, match="3 replicas, one per partition, but 8 devices.*multiple or a divisor"):
+        train(config, progress=False)

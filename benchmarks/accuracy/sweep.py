@@ -45,8 +45,10 @@ from matplotlib.figure import Figure
 from benchmarks.common import COMPILATION_CACHE, argument_parser, output_path, write_results
 from jaxsparse.algorithms import lookup, registered
 
-SPARSE_METHODS = tuple(method.name for method in registered())
-"""Every registered algorithm: a newly registered one joins the sweep."""
+VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {"p_gap": ("gap", {"gap_parallel": True})}
+"""Rows that run a registered method with options of its own: parallel GaP is ``gap --gap-parallel``."""
+SPARSE_METHODS = (*(method.name for method in registered()), *VARIANTS)
+"""Every registered algorithm, and the variants: a newly registered one joins the sweep."""
 DYNAMIC = ("set", "rigl", "top_kast")
 SPARSITIES = (0.8, 0.9, 0.95, 0.98)
 DISTRIBUTIONS = ("uniform", "erk")
@@ -132,10 +134,11 @@ def train_one(run: Run, cache_dir: str) -> dict[str, Any]:
     """Trains ``run`` with the harness (results folder in a temporary directory) and returns its CSV row."""
     from jaxsparse.training import Config, compilation_cache, train
 
-    own = {option.name for option in lookup(run.method).options} if run.method != "dense" else set()
-    options = DATASET_SETTINGS[run.dataset].get("options", {})
+    method, variant = VARIANTS.get(run.method, (run.method, {}))
+    own = {option.name for option in lookup(method).options} if method != "dense" else set()
+    options = {**DATASET_SETTINGS[run.dataset].get("options", {}), **variant}
     config = Config(
-        method=run.method,
+        method=method,
         sparsity=run.sparsity,
         distribution="erk" if run.distribution == "-" else run.distribution,
         dense_first_layer=run.distribution == "uniform",

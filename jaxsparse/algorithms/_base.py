@@ -123,6 +123,10 @@ class SparseAlgorithm(abc.ABC):
     they are exactly zero there."""
     fixed_counts: ClassVar[bool] = True
     """Every mask keeps its layout's exact count from step 0 (``False`` for pruning ramps)."""
+    replicas: ClassVar[int] = 1
+    """How many copies of the model train together (P-GaP: one per partition), each with its own
+    masks, exchanging weights over the vmapped axis ``replica_axis``."""
+    replica_axis: ClassVar[str | None] = None
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)

@@ -337,29 +337,25 @@ def gap(
     )
 
 
-def _defaults(settings: Settings) -> tuple[int, int, int]:
-    """``kappa, T, R`` from the options, with ``R`` and ``T`` scaled to the mask-update window."""
-    kappa = settings.options["gap_partitions"]
-    window = settings.end_step
-    rounds = settings.options["gap_rounds"]
-    if rounds is None:
-        rounds = max(1, min(10, window // (kappa * settings.update_every)))
-    steps = settings.options["gap_steps_per_phase"]
-    if steps is None:
-        steps = max(1, window // (kappa * rounds))
-    return kappa, steps, rounds
+def _build(settings: Settings) -> SparseAlgorithm:
+    """C-GaP, or P-GaP with ``gap_parallel``, with ``R`` and ``T`` scaled to the mask-update window.
 
+    A C-GaP round is ``kappa`` phases of ``T`` steps; a P-GaP round is ``T`` steps and one
+    assembly step, on every replica at once.
+    """
+    from jaxsparse.algorithms._parallel_gap import parallel_gap  # P-GaP builds on this module
 
-def _build(settings: Settings) -> GrowAndPrune:
-    kappa, steps, rounds = _defaults(settings)
-    return gap(
-        settings.sparsity,
-        partitions=kappa,
-        steps_per_phase=steps,
-        rounds=rounds,
-        distribution=settings.distribution,
-        dense_first_layer=settings.dense_first_layer,
-    )
+    options, window = settings.options, settings.end_step
+    kappa, parallel = options["gap_partitions"], options["gap_parallel"]
+    phases_per_round = 1 if parallel else kappa
+    rounds = options["gap_rounds"] or max(1, min(10, window // (phases_per_round * settings.update_every)))
+    steps = options["gap_steps_per_phase"] or max(1, window // (phases_per_round * rounds) - int(parallel))
+    shared = dict(partitions=kappa, rounds=rounds, distribution=settings.distribution)
+    if parallel:
+        return parallel_gap(
+            settings.sparsity, steps_per_round=steps, dense_first_layer=settings.dense_first_layer, **shared
+        )
+    return gap(settings.sparsity, steps_per_phase=steps, dense_first_layer=settings.dense_first_layer, **shared)
 
 
 register(
@@ -381,7 +377,7 @@ register(
                 int,
                 None,
                 "GaP: steps T per phase (default: end_step / (kappa R), so the phases fill the mask-update window "
-                "and the remaining steps fine-tune)",
+                "and the remaining steps fine-tune; with --gap-parallel, per round: end_step / R - 1)",
                 lambda v, s: v is None or v >= 1,
                 "an int >= 1",
             ),
@@ -389,9 +385,17 @@ register(
                 "gap_rounds",
                 int,
                 None,
-                "GaP: rounds R (default: min(10, end_step / (kappa update_every)), the paper's 10 when there is room)",
+                "GaP: rounds R (default: min(10, end_step / (kappa update_every)), the paper's 10 when there is room; "
+                "with --gap-parallel, min(10, end_step / update_every))",
                 lambda v, s: v is None or v >= 1,
                 "an int >= 1",
+            ),
+            Option(
+                "gap_parallel",
+                bool,
+                False,
+                "GaP: parallel GaP (P-GaP): kappa replicas, each with another partition dense, laid over the visible "
+                "devices, assembled every round",
             ),
         ),
     )

@@ -95,6 +95,11 @@ class ParallelGrowAndPrune(SparseAlgorithm):
         return self.partitions if isinstance(self.partitions, int) else len(self.partitions)
 
     @property
+    def replicas(self) -> int:
+        """One replica per partition."""
+        return self.num_partitions
+
+    @property
     def final_step(self) -> int:
         """``R (T + 1) - 1``: the last assembly; the masks are fixed after it."""
         return self.rounds * (self.steps_per_round + 1) - 1

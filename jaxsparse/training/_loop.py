@@ -14,6 +14,7 @@ stopped.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import json
@@ -40,6 +41,7 @@ from jaxsparse.training._checkpoint import Checkpoints, NoIntactCheckpointError
 from jaxsparse.training._config import Config, ConfigError
 from jaxsparse.training._metrics import MetricsLog, mask_change
 from jaxsparse.training._plots import plot_run
+from jaxsparse.training._replicas import Replicas
 from jaxsparse.training._report import run_report
 
 __all__ = ["TrainResult", "make_train_step", "train"]
@@ -88,14 +90,22 @@ def _model_params(params: Params, opt_state: optax.OptState, sparse: bool) -> Pa
     return jsp.forward_params(params, opt_state) if sparse else params
 
 
-def make_train_step(model: nn.Module, tx: optax.GradientTransformation, sparse: bool) -> Callable:
+def make_train_step(
+    model: nn.Module,
+    tx: optax.GradientTransformation,
+    sparse: bool,
+    replicas: Replicas | None = None,
+    state_axes: Any = None,
+) -> Callable:
     """The jitted step :func:`train` runs: ``(params, model_state, opt_state, batch) -> (..., loss)``.
 
     Softmax cross-entropy of ``model`` on ``batch = {"inputs", "labels"}``. Sparse steps differentiate
     at ``jsp.forward_params(params, opt_state)`` (the masked weights; the gradient there is the dense
     gradient RigL ranks by) and pass it to ``tx``, a ``jsp.sparsify``-wrapped optimizer; dense steps
     use ``tx`` as it is. ``model_state`` holds mutable collections such as ``batch_stats`` (``{}`` if
-    none). The buffers of ``params``, ``model_state`` and ``opt_state`` are donated.
+    none). The buffers of ``params``, ``model_state`` and ``opt_state`` are donated. With
+    ``replicas`` (P-GaP) the step runs on every replica at once (``state_axes``: the optimizer
+    state's ``vmap`` axes) and returns the replicas' mean loss.
 
     Example:
       >>> import optax
@@ -119,6 +129,8 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, sparse: 
         updates, opt_state = tx.update(grads, opt_state, params)
         return optax.apply_updates(params, updates), model_state, opt_state, loss
 
+    if replicas is not None:
+        train_step = replicas.vmap_step(train_step, state_axes)
     return jax.jit(train_step, donate_argnums=(0, 1, 2))
 
 
@@ -154,23 +166,40 @@ def _host_masks(opt_state: optax.OptState, sparse: bool) -> Masks | None:
 
 
 def _initial_state(
-    model: nn.Module, dataset: Dataset, tx: optax.GradientTransformation, key: jax.Array, sparse: bool
-) -> dict[str, Any]:
+    model: nn.Module,
+    dataset: Dataset,
+    tx: optax.GradientTransformation,
+    key: jax.Array,
+    sparse: bool,
+    replicas: Replicas | None,
+) -> tuple[dict[str, Any], dict[str, Any]]:
     """Everything a checkpoint holds, at step 0: parameters on their masks, accumulators at zero.
 
     ``loss_sum`` is the sum of training losses since the last evaluation and ``eval_masks`` (sparse
     runs) the masks at the last evaluation, from which the next row's mask change is measured.
+    Returns the state and its ``vmap`` axes over replicas (all ``None``: one model).
     """
     init = jax.jit(functools.partial(model.init, train=False))
     variables = dict(init(key, jnp.zeros((1, *dataset.input_shape), jnp.float32)))
     params = variables.pop("params")
-    opt_state = jax.jit(tx.init)(params)
+    if replicas is None:
+        opt_state, opt_axes = jax.jit(tx.init)(params), None
+    else:
+        params, variables = replicas.stack(params), replicas.stack(variables)
+        opt_state, opt_axes = replicas.init(tx, params)
     state = {"params": params, "model_state": variables, "opt_state": opt_state, "loss_sum": jnp.zeros(())}
+    one = None if replicas is None else 0
+    axes = {"params": one, "model_state": one, "opt_state": opt_axes, "loss_sum": None}
     if sparse:
         if not opt_state.algorithm.stores_dense:  # Top-KAST stores its weights densely
             state["params"] = jsp.apply_masks(params, jsp.masks_of(opt_state))
-        state["eval_masks"] = _host_masks(opt_state, sparse)
-    return state
+        state["eval_masks"], axes["eval_masks"] = _host_masks(_first(state, axes)["opt_state"], sparse), None
+    return state, axes
+
+
+def _first(state: dict[str, Any], axes: dict[str, Any]) -> dict[str, Any]:
+    """Replica 0 of a replicated run's state (the state itself for one model)."""
+    return Replicas.first(state, axes)
 
 
 def _check_resume(config: Config, checkpoints: Checkpoints, resume: bool) -> None:
@@ -265,23 +294,32 @@ def train(config: Config, *, resume: bool = False, progress: bool = True) -> Tra
         model = create_model(config.model, num_classes=dataset.num_classes, input_shape=dataset.input_shape)
         algorithm = make_algorithm(config)
         sparse = algorithm is not None
+        replicas = Replicas.for_algorithm(algorithm, config.batch_size)
+        mesh = contextlib.nullcontext() if replicas is None else jax.set_mesh(replicas.mesh)
         init_key, mask_key = jax.random.split(jax.random.key(config.seed))
         tx = jsp.sparsify(make_optimizer(config), algorithm, key=mask_key) if sparse else make_optimizer(config)
-        state = _initial_state(model, dataset, tx, init_key, sparse)
+        with mesh:
+            state, axes = _initial_state(model, dataset, tx, init_key, sparse, replicas)
         state, record = _resume(config, checkpoints, state, resume)
         log = MetricsLog(out_dir, keep_until=record["step"] if record["step"] else None)
 
-        train_step = make_train_step(model, tx, sparse)
+        train_step = make_train_step(model, tx, sparse, replicas, axes["opt_state"])
         evaluate = _make_evaluate(model, dataset, config.eval_batch_size, sparse)
         batches = train_batches(dataset, batch_size=config.batch_size, seed=config.seed)
+        place = (
+            (lambda batch: batch)
+            if replicas is None
+            else functools.partial(jax.device_put, device=replicas.batch_sharding())
+        )
         step, last_eval = record["step"], record["last_eval_step"]
         started = time.perf_counter() - record["wall_time"]
         first_step = step
         bar = tqdm(total=config.steps, initial=step, desc=config.method, unit="step", disable=not progress)
         while step < config.steps:
-            params, model_state, opt_state, loss = train_step(
-                state["params"], state["model_state"], state["opt_state"], batches[step]
-            )
+            with mesh:
+                params, model_state, opt_state, loss = train_step(
+                    state["params"], state["model_state"], state["opt_state"], place(batches[step])
+                )
             if step == first_step:
                 # That call compiled the step. Start the bar's clock now, so that its rate and time
                 # left measure training steps; a first estimate of "16 s/step, 27 h" was compilation.
@@ -290,7 +328,7 @@ def train(config: Config, *, resume: bool = False, progress: bool = True) -> Tra
             step += 1
             bar.update()
             if step % config.eval_every == 0 or step == config.steps:
-                row = _evaluate_row(evaluate, state, step, last_eval, sparse, time.perf_counter() - started)
+                row = _evaluate_row(evaluate, state, axes, step, last_eval, sparse, time.perf_counter() - started)
                 log.append(row)
                 bar.set_postfix(
                     loss=f"{row['train_loss']:.3f}",
@@ -303,15 +341,22 @@ def train(config: Config, *, resume: bool = False, progress: bool = True) -> Tra
                 record = {"step": step, "config": config.to_dict(), "wall_time": wall_time, "last_eval_step": last_eval}
                 checkpoints.save(step, state, record)
         bar.close()
-    return _finish(config, model, dataset, algorithm, state, log.rows, record["wall_time"])
+    return _finish(config, model, dataset, algorithm, _first(state, axes), log.rows, record["wall_time"])
 
 
 def _evaluate_row(
-    evaluate: Callable, state: dict[str, Any], step: int, last_eval: int, sparse: bool, wall_time: float
+    evaluate: Callable,
+    state: dict[str, Any],
+    axes: dict[str, Any],
+    step: int,
+    last_eval: int,
+    sparse: bool,
+    wall_time: float,
 ) -> dict[str, Any]:
-    """Evaluates on the test split, returns the metrics row and resets the accumulators in ``state``."""
-    test_loss, accuracy = evaluate(state["params"], state["model_state"], state["opt_state"])
-    masks = _host_masks(state["opt_state"], sparse)
+    """Evaluates on the test split (replica 0 of a replicated run); returns the row and resets the accumulators."""
+    first = _first(state, axes)
+    test_loss, accuracy = evaluate(first["params"], first["model_state"], first["opt_state"])
+    masks = _host_masks(first["opt_state"], sparse)
     row = dict(
         step=step,
         train_loss=float(state["loss_sum"]) / (step - last_eval),
