@@ -31,3 +31,12 @@ def mlp():
 @pytest.fixture
 def batch():
     return make_batch(jax.random.key(1), 16, 12, 4)
+
+
+@pytest.fixture
+def fast_compiles():
+    """Compile with most XLA optimisations off (faster compiles; exact-zero checks unaffected)."""
+    previous = jax.config.read("jax_disable_most_optimizations")
+    jax.config.update("jax_disable_most_optimizations", True)
+    yield
+    jax.config.update("jax_disable_most_optimizations", previous)

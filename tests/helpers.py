@@ -2,6 +2,7 @@
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 import jaxsparse as jsp
@@ -60,3 +61,18 @@ def registered_algorithms(sparsity: float = 0.8, **settings) -> dict:
 
 SMALL_OPTIONS = {"gap_partitions": 2, "gap_steps_per_phase": 2, "gap_rounds": 2}
 """Method options that fit the small test models (each method reads only its own)."""
+
+
+def leaf_bytes(tree) -> list[bytes]:
+    """Every leaf's raw bytes (typed PRNG keys as their key data), for bit-for-bit comparisons."""
+
+    def raw(leaf):
+        is_key = jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key)
+        return np.asarray(jax.random.key_data(leaf) if is_key else leaf).tobytes()
+
+    return [raw(leaf) for leaf in jax.tree.leaves(tree)]
+
+
+def without_wall_time(rows: list[dict]) -> list[dict]:
+    """Metrics rows without their wall times, which no two runs share."""
+    return [{key: value for key, value in row.items() if key != "wall_time"} for row in rows]

@@ -14,11 +14,10 @@ import subprocess
 import sys
 import textwrap
 
-import jax
-import numpy as np
 import pytest
 
 from jaxsparse.training import Checkpoints, Config, compilation_cache, train
+from tests.helpers import leaf_bytes, without_wall_time
 
 KILLED = 86  # the dying process's exit status, distinct from any failure's
 # test_training's run (RigL on digits, masks updated every 5 steps up to step 30), evaluated every
@@ -85,27 +84,13 @@ def _killed_run(config: Config, how: str, at: int, cache) -> None:
     assert process.returncode == KILLED, f"the run was not killed as planned:\n{process.stderr[-3000:]}"
 
 
-def _bits(tree) -> list[bytes]:
-    """Every leaf's raw bytes (typed PRNG keys as their key data)."""
-
-    def raw(leaf):
-        is_key = jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key)
-        return np.asarray(jax.random.key_data(leaf) if is_key else leaf).tobytes()
-
-    return [raw(leaf) for leaf in jax.tree.leaves(tree)]
-
-
-def _without_wall_time(rows: list[dict]) -> list[dict]:
-    return [{key: value for key, value in row.items() if key != "wall_time"} for row in rows]
-
-
 def _assert_identical(resumed, reference) -> None:
-    assert _bits(resumed.params) == _bits(reference.params)
-    assert _bits(resumed.masks) == _bits(reference.masks)
-    assert _bits(resumed.opt_state) == _bits(reference.opt_state)  # moments, masks, step and key
+    assert leaf_bytes(resumed.params) == leaf_bytes(reference.params)
+    assert leaf_bytes(resumed.masks) == leaf_bytes(reference.masks)
+    assert leaf_bytes(resumed.opt_state) == leaf_bytes(reference.opt_state)  # moments, masks, step and key
     # The log has every evaluation exactly once, with the same numbers (wall times aside).
     assert [row["step"] for row in resumed.metrics] == STEPS_LOGGED
-    assert _without_wall_time(resumed.metrics) == _without_wall_time(reference.metrics)
+    assert without_wall_time(resumed.metrics) == without_wall_time(reference.metrics)
     lines = (resumed.out_dir / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(line)["step"] for line in lines] == STEPS_LOGGED
 

@@ -19,11 +19,11 @@ from pathlib import Path
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
 from jaxsparse.training import Checkpoints, Config, ConfigError, TrainResult, compilation_cache, main, train
+from tests.helpers import leaf_bytes, without_wall_time
 
 # test_training's run (same trajectory settings, so the compiled programs come from the cache),
 # checkpointed at steps 4, 8, ..., 40 and keeping all ten.
@@ -101,20 +101,6 @@ DAMAGES = {
 }
 
 
-def _bits(tree) -> list[bytes]:
-    """Every leaf's raw bytes (typed PRNG keys as their key data)."""
-
-    def raw(leaf):
-        is_key = jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key)
-        return np.asarray(jax.random.key_data(leaf) if is_key else leaf).tobytes()
-
-    return [raw(leaf) for leaf in jax.tree.leaves(tree)]
-
-
-def _without_wall_time(rows: list[dict]) -> list[dict]:
-    return [{key: value for key, value in row.items() if key != "wall_time"} for row in rows]
-
-
 def test_damaged_checkpoints_are_named_and_the_run_resumes_from_the_newest_intact_one(run, tmp_path, capsys):
     config = _copy(run, tmp_path).replace(keep_checkpoints=3)
     folder = tmp_path / "run" / "checkpoints"
@@ -129,9 +115,9 @@ def test_damaged_checkpoints_are_named_and_the_run_resumes_from_the_newest_intac
             line,
         )
     assert resuming == f"resuming from step 8 (checkpoint {folder / '8'})"
-    assert _bits(resumed.params) == _bits(run.params)
-    assert _bits(resumed.opt_state) == _bits(run.opt_state)
-    assert _without_wall_time(resumed.metrics) == _without_wall_time(run.metrics)
+    assert leaf_bytes(resumed.params) == leaf_bytes(run.params)
+    assert leaf_bytes(resumed.opt_state) == leaf_bytes(run.opt_state)
+    assert without_wall_time(resumed.metrics) == without_wall_time(run.metrics)
     # The damaged checkpoints are set aside; each step the resumed run saved was read back before
     # the older ones beyond the newest three were deleted.
     assert sorted(p.name for p in folder.iterdir()) == ["32", "36", "40", "damaged"]
@@ -185,7 +171,7 @@ def test_old_checkpoints_are_deleted_only_after_a_newer_one_reads_back_intact(tm
             checkpoints.save(3, state, {"step": 3})
         assert sorted(p.name for p in tmp_path.iterdir()) == ["2", "3"]  # step 2 is kept
         restored = checkpoints.restore_latest_intact(template)
-    assert (restored.step, restored.record) == (2, {"step": 2}) and _bits(restored.state) == _bits(state)
+    assert (restored.step, restored.record) == (2, {"step": 2}) and leaf_bytes(restored.state) == leaf_bytes(state)
     assert [(error.step, error.reason.split(":")[0]) for error in restored.damaged] == [
         (3, "it has no file list (files.json)")
     ]

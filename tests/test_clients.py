@@ -29,13 +29,7 @@ from tests.helpers import make_train_step
 README = pathlib.Path(__file__).resolve().parents[1] / "README.md"
 
 
-@pytest.fixture(autouse=True)
-def _fast_compiles():
-    """Compile with most XLA optimisations off (faster compiles; exact-zero checks unaffected)."""
-    previous = jax.config.read("jax_disable_most_optimizations")
-    jax.config.update("jax_disable_most_optimizations", True)
-    yield
-    jax.config.update("jax_disable_most_optimizations", previous)
+pytestmark = pytest.mark.usefixtures("fast_compiles")
 
 
 def readme_blocks(heading: str) -> list[str]:

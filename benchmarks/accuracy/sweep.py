@@ -49,6 +49,13 @@ VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {"p_gap": ("gap", {"gap_parall
 """Rows that run a registered method with options of its own: parallel GaP is ``gap --gap-parallel``."""
 SPARSE_METHODS = (*(method.name for method in registered()), *VARIANTS)
 """Every registered algorithm, and the variants: a newly registered one joins the sweep."""
+STUDIES: dict[str, tuple[str, dict[str, Any]]] = {
+    "gap_r2": ("gap", {"gap_rounds": 2}),
+    "gap_k2": ("gap", {"gap_partitions": 2}),
+    "gap_k4": ("gap", {"gap_partitions": 4}),
+}
+"""Variations run on request only (``--methods gap_r2 ...``), e.g. GaP's rounds and partitions."""
+TABLE_ORDER = (*SPARSE_METHODS, *STUDIES)
 DYNAMIC = ("set", "rigl", "top_kast")
 SPARSITIES = (0.8, 0.9, 0.95, 0.98)
 DISTRIBUTIONS = ("uniform", "erk")
@@ -134,7 +141,7 @@ def train_one(run: Run, cache_dir: str) -> dict[str, Any]:
     """Trains ``run`` with the harness (results folder in a temporary directory) and returns its CSV row."""
     from jaxsparse.training import Config, compilation_cache, train
 
-    method, variant = VARIANTS.get(run.method, (run.method, {}))
+    method, variant = {**VARIANTS, **STUDIES}.get(run.method, (run.method, {}))
     own = {option.name for option in lookup(method).options} if method != "dense" else set()
     options = {**DATASET_SETTINGS[run.dataset].get("options", {}), **variant}
     config = Config(
@@ -297,7 +304,7 @@ def markdown(table: Sequence[dict[str, Any]]) -> str:
                 dense = f"{100 * cell['mean']:.1f} ± {100 * cell['std']:.1f}"
                 lines.append(f"| dense | {dense} (all columns) |" + " |" * (len(columns) - 1))
         by_key = {(c["method"], c["distribution"], c["sparsity"]): c for c in sparse}
-        for method in [m for m in SPARSE_METHODS if any(c["method"] == m for c in sparse)]:
+        for method in [m for m in TABLE_ORDER if any(c["method"] == m for c in sparse)]:
             row = [by_key.get((method, d, s)) for d, s in columns]
             lines.append(
                 f"| {method} | "
@@ -330,7 +337,7 @@ def plot(record: dict[str, Any]) -> Figure:
                         color="black",
                         alpha=0.08,
                     )
-            for method in SPARSE_METHODS:
+            for method in TABLE_ORDER:
                 cells = sorted(
                     (
                         c
@@ -375,7 +382,7 @@ def available(datasets: Sequence[str]) -> tuple[list[str], dict[str, str]]:
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser = argument_parser(__doc__)
     parser.add_argument("--datasets", nargs="+", default=["digits", "mnist1d"], choices=sorted(DATASET_SETTINGS))
-    parser.add_argument("--methods", nargs="+", default=["dense", *SPARSE_METHODS], choices=["dense", *SPARSE_METHODS])
+    parser.add_argument("--methods", nargs="+", default=["dense", *SPARSE_METHODS], choices=["dense", *TABLE_ORDER])
     parser.add_argument("--sparsities", nargs="+", type=float, default=list(SPARSITIES))
     parser.add_argument("--distributions", nargs="+", default=list(DISTRIBUTIONS), choices=DISTRIBUTIONS)
     parser.add_argument("--seeds", type=int, default=3, help="seeds 0 .. N-1 per cell (default 3)")
