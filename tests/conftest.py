@@ -4,6 +4,7 @@ Strict numerics, as in equinox's test suite: rank promotion raises, so a broadca
 library fails loudly instead of silently reshaping a mask.
 """
 
+import gc
 import os
 
 # Eight CPU devices for the distributed tests (tests/test_distributed.py). XLA reads the flag when
@@ -40,3 +41,17 @@ def fast_compiles():
     jax.config.update("jax_disable_most_optimizations", True)
     yield
     jax.config.update("jax_disable_most_optimizations", previous)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _release_compiled_programs():
+    """Drops every compiled program after each test module.
+
+    Each XLA CPU executable maps memory of its own, and a whole session keeps thousands of them
+    in JAX's caches: the process then approaches the kernel's limit of 65,530 memory maps
+    (``vm.max_map_count``), where compilation crashes (a segfault or abort inside
+    ``backend_compile``, with no message). Modules share no compiled programs worth keeping.
+    """
+    yield
+    jax.clear_caches()
+    gc.collect()
