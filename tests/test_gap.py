@@ -195,3 +195,20 @@ def test_parallel_gap_refuses_a_device_count_that_fits_neither_way(tmp_path):
     config = Config(method="gap", dataset="digits", model="mlp", options=options, out_dir=str(tmp_path / "run"))
     with pytest.raises(ConfigError, match="3 replicas, one per partition, but 8 devices.*multiple or a divisor"):
         train(config, progress=False)
+
+
+def test_gap_runs_at_output_channel_structure_with_exact_group_counts():
+    """Whole output channels: the dense partition has every channel, the rest exactly their targets."""
+    algo = jsp.gap(0.75, partitions=2, steps_per_phase=2, rounds=1, structure=jsp.masks.OutputChannels())
+    params = _params()
+    owners = [p for p in algo.partition_of(params) if p is not None]
+    targets = [plan.active for plan in algo.plan(params) if plan is not None]
+    for t, _, state in _run(algo, 6):
+        dense = int(state.algorithm_state.dense_partition)
+        groups = [m for m in jax.tree.leaves(state.masks)]
+        assert [int(m.sum()) for m in groups] == [
+            m.size if p == dense else n for m, p, n in zip(groups, owners, targets, strict=True)
+        ], t
+        for expanded in _kernels(jsp.masks_of(state)):  # every column all on or all off
+            columns = np.asarray(expanded)
+            assert np.all(columns.all(axis=0) | ~columns.any(axis=0))
