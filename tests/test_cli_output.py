@@ -114,7 +114,6 @@ def test_final_line_names_the_training_loop_clock(example_run):
 
 
 def test_plot_titles_name_the_run(example_run):
-    pytest.importorskip("matplotlib", minversion="3.8")  # Figure.get_suptitle
     from jaxsparse.training import run_figures
 
     rows = [json.loads(line) for line in (example_run.out / "metrics.jsonl").read_text().splitlines()]

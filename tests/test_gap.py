@@ -164,7 +164,7 @@ def test_cli_run_killed_mid_phase_resumes_bit_identical(tmp_path, monkeypatch, p
     real = loop.train_batches
 
     class Killed(Exception):
-        pass
+        """The simulated kill: raised when the loop asks for step 17's batch."""
 
     class Dying:
         def __init__(self, batches):
