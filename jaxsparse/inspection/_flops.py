@@ -30,7 +30,6 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from jax.extend import core as jex_core
 
@@ -317,13 +316,17 @@ def training_flops_ratio(
 def _plans(state_or_masks: Any, algorithm: SparseAlgorithm) -> Sequence[LayerPlan | None]:
     """The layout's plan of the params the masks belong to.
 
-    From the state when given one; from a mask tree, the algorithm's plan of params shaped like
-    the masks (a structured layout's masks are group-level, so pass its state instead).
+    From the state when given one. A mask tree implies a plan of its own: each mask's leaf at the
+    mask's shape and its measured sparsity (one weight per entry; for a structured layout, pass
+    the state).
     """
     found = find_sparsify_state(state_or_masks)
     if found is not None:
         return found.plans
-    shaped = jax.tree.map(
-        lambda m: jax.ShapeDtypeStruct(jnp.shape(m), jnp.float32), algorithm.forward_masks(state_or_masks)
-    )
-    return algorithm.plan(shaped)
+    entries = jax.tree_util.tree_leaves_with_path(algorithm.forward_masks(state_or_masks), is_leaf=lambda x: x is None)
+    return [
+        None
+        if mask is None
+        else LayerPlan(leaf_name(path), tuple(np.shape(mask)), 1.0 - np.count_nonzero(mask) / max(np.size(mask), 1))
+        for path, mask in entries
+    ]
