@@ -21,7 +21,18 @@ from jaxsparse import (
     selection,
     transform,
 )
-from jaxsparse.algorithms import SparseAlgorithm, gap, gradual_magnitude, rigl, set_, static, top_kast
+from jaxsparse.algorithms import (
+    SparseAlgorithm,
+    gap,
+    gradual_magnitude,
+    nm_sr_ste,
+    nm_ste,
+    rigl,
+    set_,
+    srigl,
+    static,
+    top_kast,
+)
 from jaxsparse.inspection import layer_stats, summary, total_sparsity
 from jaxsparse.masks import MaskPair, SparsityLayout
 from jaxsparse.selection import global_top_k_masks, top_k_mask
@@ -50,6 +61,8 @@ __all__ = [
     "layer_stats",
     "masks",
     "masks_of",
+    "nm_sr_ste",
+    "nm_ste",
     "regularizers",
     "rigl",
     "schedules",
@@ -60,6 +73,7 @@ __all__ = [
     "static",
     "summary",
     "top_k_mask",
+    "srigl",
     "top_kast",
     "total_sparsity",
     "transform",

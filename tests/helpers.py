@@ -54,9 +54,14 @@ def registered_algorithms(sparsity: float = 0.8, **settings) -> dict:
     """
     shared = dict(update_every=2, begin_step=0, end_step=100)
     shared.update(settings)
-    return {
-        method.name: method.make(sparsity, options=SMALL_OPTIONS, **shared) for method in jsp.algorithms.registered()
-    }
+    return {method.name: _make(method, sparsity, shared) for method in jsp.algorithms.registered()}
+
+
+def _make(method: jsp.algorithms.Method, sparsity: float, shared: dict) -> jsp.SparseAlgorithm:
+    """``method`` at ``sparsity``, or at the sparsity its default structure fixes (N:M)."""
+    default = method.default_structure
+    fixed = None if default is None else jsp.masks.fixed_sparsity(jsp.masks.parse_structure(default))
+    return method.make(sparsity if fixed is None else None, options=SMALL_OPTIONS, **shared)
 
 
 SMALL_OPTIONS = {"gap_partitions": 2, "gap_steps_per_phase": 2, "gap_rounds": 2}

@@ -11,6 +11,7 @@ from jaxsparse.algorithms._base import (
     SparseAlgorithm,
     grown_values,
     layer_key,
+    masked_backward_cost,
     newly_active,
     sparse_forward_cost,
 )
@@ -21,8 +22,11 @@ from jaxsparse.algorithms._top_kast import ExplorationPenalty, TopKast, top_kast
 from jaxsparse.algorithms._gradual_magnitude import GradualMagnitude, gradual_magnitude
 from jaxsparse.algorithms._gap import GapState, GrowAndPrune, gap, gap_partitions
 from jaxsparse.algorithms._parallel_gap import ParallelGrowAndPrune, parallel_gap, replica_axes
+from jaxsparse.algorithms._srigl import GAMMA_SAL, StructuredRigL, srigl
+from jaxsparse.algorithms._nm_ste import NMSte, SparseRefinedDecay, magnitude_masks, nm_sr_ste, nm_ste
 
 __all__ = [
+    "GAMMA_SAL",
     "AlgorithmState",
     "DropAndGrow",
     "ExplorationPenalty",
@@ -30,12 +34,15 @@ __all__ = [
     "GradualMagnitude",
     "GrowAndPrune",
     "Method",
+    "NMSte",
     "Option",
     "ParallelGrowAndPrune",
     "ParamReset",
     "Settings",
+    "SparseRefinedDecay",
     "SparseAlgorithm",
     "Static",
+    "StructuredRigL",
     "TopKast",
     "drop_count",
     "gap",
@@ -44,7 +51,11 @@ __all__ = [
     "grown_values",
     "layer_key",
     "lookup",
+    "magnitude_masks",
+    "masked_backward_cost",
     "newly_active",
+    "nm_sr_ste",
+    "nm_ste",
     "parallel_gap",
     "register",
     "registered",
@@ -52,6 +63,7 @@ __all__ = [
     "rigl",
     "set_",
     "sparse_forward_cost",
+    "srigl",
     "static",
     "top_kast",
 ]

@@ -60,6 +60,7 @@ __all__ = [
     "SparseAlgorithm",
     "grown_values",
     "layer_key",
+    "masked_backward_cost",
     "newly_active",
     "sparse_forward_cost",
 ]
@@ -305,6 +306,11 @@ class SparseAlgorithm(abc.ABC):
     def inference_flops(self, flops: np.ndarray, forward_density: np.ndarray) -> float:
         """``f_S / f_D = sum_l d_l f_l / sum_l f_l`` of the forward masks (Evci et al. 2020)."""
         return float(forward_density @ flops / flops.sum())
+
+
+def masked_backward_cost(flops: np.ndarray, forward_density: np.ndarray, trainable_density: np.ndarray) -> float:
+    """``(2 f_A + f_B) / 3 f_D``: forward, input gradient on the forward mask; weight gradient on the trainable."""
+    return float((2.0 * (forward_density @ flops) + trainable_density @ flops) / (3.0 * flops.sum()))
 
 
 def sparse_forward_cost(flops: np.ndarray, density: np.ndarray) -> float:

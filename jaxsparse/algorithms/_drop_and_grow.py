@@ -43,9 +43,8 @@ from jaxsparse.masks import Masks, Params, SparsityLayout, leaf_name, mask_leave
 from jaxsparse.regularizers import Regularizer
 from jaxsparse.schedules import Schedule, UpdateSchedule
 from jaxsparse.scores import Score, gradient_magnitude, magnitude, random
-from jaxsparse.selection import top_k_mask
 
-__all__ = ["DropAndGrow", "drop_count", "rigl", "set_"]
+__all__ = ["DropAndGrow", "dense_gradient_update_cost", "drop_count", "grad_leaves", "rigl", "set_"]
 
 # Scores that read no gradient: drop-and-grow with only these (SET) never needs the dense gradient.
 _GRADIENT_FREE_SCORES = (magnitude, random)
@@ -94,9 +93,13 @@ class DropAndGrow(SparseAlgorithm):
     def update_rule(
         self, params: Params, masks: Masks, grads: Params | None, step: jax.Array, key: jax.Array, state: AlgorithmState
     ) -> tuple[Masks, AlgorithmState]:
-        """Drop the ``floor(n f_t)`` lowest-scoring active weights per layer and grow as many."""
+        """Drop the ``floor(n f_t)`` lowest-scoring of each row's ``n`` active entries and grow as many.
+
+        A row is the whole layer, except under a row-wise structure: each N:M group, or each neuron
+        under constant fan-in, which then keeps its exact count through every update.
+        """
         param_leaves = jax.tree.leaves(params)
-        grad_leaves = _grad_leaves(params, grads)
+        gradients = grad_leaves(params, grads)
         current = mask_leaves(params, masks)
         fraction = self.drop_fraction(step)
         new_leaves = []
@@ -104,19 +107,19 @@ class DropAndGrow(SparseAlgorithm):
             if plan is None:
                 new_leaves.append(None)
                 continue
-            param, grad, mask = param_leaves[index], grad_leaves[index], current[index]
+            param, grad, mask = param_leaves[index], gradients[index], current[index]
             if plan.zeros == 0:  # a layer the distribution saturated to dense stays dense
                 new_leaves.append(mask)
                 continue
             drop_key, grow_key, keep_ties, grow_ties = jax.random.split(layer_key(key, index), 4)
-            dropped = drop_count(plan.active, fraction)
-            kept = top_k_mask(
+            dropped = drop_count(plan.row_active, fraction)
+            kept = plan.select(
                 plan.structure.group_scores(self.drop_score(param, grad, drop_key)),
-                plan.active - dropped,
+                plan.row_active - dropped,
                 candidates=mask,
                 tie_seed=jax.random.bits(keep_ties, (), jnp.uint32),
             )
-            grown = top_k_mask(
+            grown = plan.select(
                 plan.structure.group_scores(self.grow_score(param, grad, grow_key)),
                 dropped,
                 candidates=~kept,
@@ -149,14 +152,25 @@ class DropAndGrow(SparseAlgorithm):
         del trainable_density, names, plans
         if self.grow_score in _GRADIENT_FREE_SCORES and self.drop_score in _GRADIENT_FREE_SCORES:
             return sparse_forward_cost(flops, forward_density)
-        sparse, dense = forward_density @ flops, flops.sum()
-        updates = int(np.count_nonzero(np.asarray(self.is_update_step(np.arange(total_steps)))))
-        total = 3.0 * sparse * (total_steps - updates) + (2.0 * sparse + dense) * updates
-        return float(total / (3.0 * dense * total_steps))
+        return dense_gradient_update_cost(self, flops, forward_density, total_steps)
 
 
-def _grad_leaves(params: Params, grads: Params | None) -> list[jax.Array | None]:
-    """Gradient leaves aligned with the parameter leaves (``None`` when no grads are given)."""
+def dense_gradient_update_cost(
+    algorithm: SparseAlgorithm, flops: np.ndarray, forward_density: np.ndarray, total_steps: int
+) -> float:
+    """RigL's cost: ``3 f_S`` per step, ``2 f_S + f_D`` on the algorithm's mask-update steps (the dense gradient)."""
+    sparse, dense = forward_density @ flops, flops.sum()
+    updates = int(np.count_nonzero(np.asarray(algorithm.is_update_step(np.arange(total_steps)))))
+    total = 3.0 * sparse * (total_steps - updates) + (2.0 * sparse + dense) * updates
+    return float(total / (3.0 * dense * total_steps))
+
+
+def grad_leaves(params: Params, grads: Params | None) -> list[jax.Array | None]:
+    """Gradient leaves aligned with the parameter leaves (``None`` when no grads are given).
+
+    Raises:
+      ValueError: ``grads`` does not have the params' structure or shapes.
+    """
     n_leaves = len(jax.tree.leaves(params))
     if grads is None:
         return [None] * n_leaves

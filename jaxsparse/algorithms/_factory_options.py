@@ -9,7 +9,7 @@ import numpy as np
 from jaxsparse.masks import SparsityLayout
 from jaxsparse.schedules import Schedule, UpdateSchedule, constant_drop_fraction, cosine_drop_fraction
 
-__all__ = ["DROP_FRACTION_DECAYS", "drop_fraction_schedule", "make_layout"]
+__all__ = ["DROP_FRACTION_DECAYS", "check_pooled_scope", "drop_fraction_schedule", "make_layout"]
 
 DROP_FRACTION_DECAYS = ("cosine", "constant")
 
@@ -28,6 +28,19 @@ def make_layout(sparsity: float, distribution: str, layout_options: dict) -> Spa
             f"{error}; layout options are erk_power_scale, layer_sparsity, include, keep_dense, "
             "dense_first_layer, dense_last_layer and structure."
         ) from None
+
+
+def check_pooled_scope(scope: str, layout: SparsityLayout, option: str) -> None:
+    """Raises unless ``scope`` is ``"layer"`` or the layout lets one count pool across layers.
+
+    A row-wise structure (N:M, constant fan-in) fixes every row's count, which one global threshold
+    over all layers would break.
+    """
+    if scope == "global" and layout.row_wise:
+        raise ValueError(
+            f"{option}='global' shares one threshold over all layers, but the structure "
+            f"{layout.structure!r} fixes the count of every N:M group or neuron: use {option}='layer'."
+        )
 
 
 def drop_fraction_schedule(

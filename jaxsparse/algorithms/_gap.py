@@ -40,7 +40,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxsparse.algorithms._base import SparseAlgorithm, layer_key
-from jaxsparse.algorithms._factory_options import make_layout
+from jaxsparse.algorithms._factory_options import check_pooled_scope, make_layout
 from jaxsparse.algorithms._registry import Method, Option, Settings, register
 from jaxsparse.masks import (
     LayerPlan,
@@ -54,7 +54,7 @@ from jaxsparse.masks import (
 )
 from jaxsparse.regularizers import Regularizer
 from jaxsparse.schedules import UpdateSchedule
-from jaxsparse.selection import global_top_k_masks, top_k_mask
+from jaxsparse.selection import global_top_k_masks
 
 __all__ = ["GapState", "GrowAndPrune", "checked_count", "checked_partitions", "gap", "gap_partitions"]
 
@@ -205,7 +205,7 @@ class GrowAndPrune(SparseAlgorithm):
             if plans[i].zeros == 0:  # a layer the distribution saturated to dense stays dense
                 new_leaves[i] = mask
                 continue
-            pruned = top_k_mask(scores[i], plans[i].active, tie_seed=seeds[i])
+            pruned = plans[i].select(scores[i], plans[i].row_active, tie_seed=seeds[i])
             kept = jnp.where(owners[i] == dense, pruned, mask)
             new_leaves[i] = jnp.where(owners[i] == grown, jnp.ones_like(mask), kept)
         if self.final_scope == "global":  # the final prune shares one threshold over every layer
@@ -324,8 +324,10 @@ def gap(
     if final_scope not in SCOPES:
         raise ValueError(f"unknown GaP final_scope {final_scope!r}; choose 'layer' or 'global'.")
     kappa = partitions if isinstance(partitions, int) else len(partitions)
+    layout = make_layout(sparsity, distribution, layout_options)
+    check_pooled_scope(final_scope, layout, "final_scope")
     return GrowAndPrune(
-        layout=make_layout(sparsity, distribution, layout_options),
+        layout=layout,
         schedule=UpdateSchedule(steps_per_phase, kappa * rounds * steps_per_phase, steps_per_phase),
         partitions=partitions,
         steps_per_phase=steps_per_phase,

@@ -23,13 +23,13 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxsparse.algorithms._base import AlgorithmState, SparseAlgorithm, layer_key
-from jaxsparse.algorithms._factory_options import make_layout
+from jaxsparse.algorithms._factory_options import check_pooled_scope, make_layout
 from jaxsparse.algorithms._registry import Method, Settings, register
 from jaxsparse.distributions import zeros_count
 from jaxsparse.masks import Masks, Params, SparsityLayout, mask_leaves, masks_from_leaves
 from jaxsparse.regularizers import Regularizer
 from jaxsparse.schedules import Schedule, UpdateSchedule, polynomial_sparsity
-from jaxsparse.selection import global_top_k_masks, top_k_mask
+from jaxsparse.selection import global_top_k_masks
 
 __all__ = ["GradualMagnitude", "gradual_magnitude"]
 
@@ -65,6 +65,7 @@ class GradualMagnitude(SparseAlgorithm):
     def __post_init__(self):
         if self.scope not in SCOPES:
             raise ValueError(f"unknown scope {self.scope!r}; choose 'layer' or 'global'.")
+        check_pooled_scope(self.scope, self.layout, "scope")
 
     def _prune(self, params: Params, masks: Masks | None, sparsity, at_end, key: jax.Array) -> Masks:
         """Keep the largest ``|theta|`` (among ``masks``) at global sparsity ``sparsity``.
@@ -93,9 +94,10 @@ class GradualMagnitude(SparseAlgorithm):
                 if plan.zeros == 0:  # a layer the distribution saturated to dense stays dense
                     kept.append(jnp.ones(plan.mask_shape, bool))
                     continue
-                ramp = plan.size - jnp.floor(ratio * plan.sparsity * plan.size).astype(jnp.int32)
-                count = jnp.where(at_end, plan.active, jnp.clip(ramp, plan.active, plan.size))
-                kept.append(top_k_mask(score, count, candidates=candidate, tie_seed=seed))
+                row = plan.row_size
+                ramp = row - jnp.floor(ratio * plan.sparsity * row).astype(jnp.int32)
+                count = jnp.where(at_end, plan.row_active, jnp.clip(ramp, plan.row_active, row))
+                kept.append(plan.select(score, count, candidates=candidate, tie_seed=seed))
         new_leaves = [None] * len(plans)
         for i, mask in zip(indices, kept, strict=True):
             new_leaves[i] = mask

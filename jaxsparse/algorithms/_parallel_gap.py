@@ -53,7 +53,6 @@ from jaxsparse.masks import (
 )
 from jaxsparse.regularizers import Regularizer
 from jaxsparse.schedules import UpdateSchedule
-from jaxsparse.selection import top_k_mask
 
 __all__ = ["ParallelGrowAndPrune", "parallel_gap", "replica_axes"]
 
@@ -204,10 +203,10 @@ class ParallelGrowAndPrune(SparseAlgorithm):
 
 
 def _prune(plan: LayerPlan, value: jax.Array) -> jax.Array:
-    """The ``plan.active`` largest ``|value|`` groups (ties by position: seed 0 on every replica)."""
+    """The ``plan.row_active`` largest ``|value|`` groups per row (ties by position: seed 0 on every replica)."""
     if plan.zeros == 0:
         return jnp.ones(plan.mask_shape, bool)
-    return top_k_mask(plan.structure.group_scores(jnp.abs(value)), plan.active, tie_seed=0)
+    return plan.select(plan.structure.group_scores(jnp.abs(value)), plan.row_active, tie_seed=0)
 
 
 def parallel_gap(

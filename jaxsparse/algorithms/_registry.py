@@ -20,6 +20,7 @@ from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
 from jaxsparse.algorithms._base import SparseAlgorithm
+from jaxsparse.masks import StructureSpec, Unstructured, fixed_sparsity, parse_structure
 
 __all__ = ["Method", "Option", "Settings", "lookup", "register", "registered"]
 
@@ -31,6 +32,7 @@ class Settings(NamedTuple):
       sparsity: global sparsity in ``[0, 1)``.
       distribution: ``"uniform"``, ``"er"`` or ``"erk"``.
       dense_first_layer: keep the first sparsifiable layer dense.
+      structure: the mask structure (``None``: the factory's default, unstructured for most).
       update_every: steps between mask updates.
       begin_step: first step that may update masks.
       end_step: last step that may update masks.
@@ -40,6 +42,7 @@ class Settings(NamedTuple):
     sparsity: float
     distribution: str = "erk"
     dense_first_layer: bool = False
+    structure: StructureSpec | None = None
     update_every: int = 100
     begin_step: int = 0
     end_step: int | None = None
@@ -47,13 +50,16 @@ class Settings(NamedTuple):
 
     def factory_keywords(self) -> dict[str, Any]:
         """The shared settings as factory keywords: the layout's, and the mask-update grid's."""
-        return dict(
+        keywords = dict(
             distribution=self.distribution,
             dense_first_layer=self.dense_first_layer,
             update_every=self.update_every,
             begin_step=self.begin_step,
             end_step=self.end_step,
         )
+        if self.structure is not None:
+            keywords["structure"] = self.structure
+        return keywords
 
 
 @dataclasses.dataclass(frozen=True)
@@ -87,6 +93,7 @@ class Method:
       help: one line for ``--help``.
       options: the method's own settings.
       updates_masks: whether it changes masks on the ``begin_step / update_every / end_step`` grid.
+      default_structure: the ``--structure`` it runs at when none is given (``None``: unstructured).
     """
 
     name: str
@@ -94,14 +101,27 @@ class Method:
     help: str
     options: tuple[Option, ...] = ()
     updates_masks: bool = True
+    default_structure: str | None = None
 
-    def settings(self, sparsity: float, options: Mapping[str, Any] | None = None, **shared: Any) -> Settings:
-        """:class:`Settings` for this method: the given options, the rest at their defaults."""
+    def settings(self, sparsity: float | None, options: Mapping[str, Any] | None = None, **shared: Any) -> Settings:
+        """:class:`Settings` for this method: the given options, the rest at their defaults.
+
+        Without ``structure=``, the method's ``default_structure`` applies; ``sparsity=None`` takes
+        the sparsity a structure fixes (N:M's ``1 - N/M``).
+        """
         values = {option.name: option.default for option in self.options}
         values.update({name: value for name, value in (options or {}).items() if name in values})
+        if shared.get("structure") is None and self.default_structure is not None:
+            shared["structure"] = parse_structure(self.default_structure)
+        if sparsity is None:
+            sparsity = fixed_sparsity(shared.get("structure") or Unstructured())
+        if sparsity is None:
+            raise ValueError(f"{self.name} needs a sparsity: its structure does not fix one.")
         return Settings(sparsity=sparsity, options=values, **shared)
 
-    def make(self, sparsity: float, options: Mapping[str, Any] | None = None, **shared: Any) -> SparseAlgorithm:
+    def make(
+        self, sparsity: float | None, options: Mapping[str, Any] | None = None, **shared: Any
+    ) -> SparseAlgorithm:
         """``build(settings(...))``: the algorithm from keyword settings (see :class:`Settings`)."""
         return self.build(self.settings(sparsity, options, **shared))
 

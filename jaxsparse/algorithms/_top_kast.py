@@ -39,13 +39,12 @@ import typing
 import jax
 import jax.numpy as jnp
 
-from jaxsparse.algorithms._base import AlgorithmState, SparseAlgorithm, layer_key
+from jaxsparse.algorithms._base import AlgorithmState, SparseAlgorithm, layer_key, masked_backward_cost
 from jaxsparse.algorithms._factory_options import make_layout
 from jaxsparse.algorithms._registry import Method, Option, Settings, register
 from jaxsparse.masks import MaskPair, Masks, Params, SparsityLayout, mask_leaves, masks_from_leaves
 from jaxsparse.regularizers import Regularizer, as_schedule
 from jaxsparse.schedules import Schedule, UpdateSchedule
-from jaxsparse.selection import top_k_mask
 
 __all__ = ["ExplorationPenalty", "TopKast", "top_kast"]
 
@@ -152,8 +151,8 @@ class TopKast(SparseAlgorithm):
             seed = jax.random.bits(layer_key(key, index), (), jnp.uint32)
             # One score array and one tie seed give one total order, so A (a shorter prefix of
             # it) is always inside B, even among tied magnitudes.
-            forward.append(top_k_mask(scores, a_plan.active, tie_seed=seed))
-            backward.append(top_k_mask(scores, max(a_plan.active, b_plan.active), tie_seed=seed))
+            forward.append(a_plan.select(scores, a_plan.row_active, tie_seed=seed))
+            backward.append(a_plan.select(scores, max(a_plan.row_active, b_plan.row_active), tie_seed=seed))
         return MaskPair(masks_from_leaves(params, forward), masks_from_leaves(params, backward))
 
     def init_masks(self, params: Params, key: jax.Array) -> MaskPair:
@@ -186,7 +185,7 @@ class TopKast(SparseAlgorithm):
     def training_flops(self, flops, forward_density, trainable_density, total_steps, names, plans) -> float:
         """``(2 f_A + f_B) / 3 f_D``: the forward pass and the input gradient on ``A``, the weight gradient on ``B``."""
         del total_steps, names, plans
-        return float((2.0 * (forward_density @ flops) + trainable_density @ flops) / (3.0 * flops.sum()))
+        return masked_backward_cost(flops, forward_density, trainable_density)
 
 
 def top_kast(
@@ -214,7 +213,9 @@ def top_kast(
       penalty: exploration-penalty coefficient ``lambda`` or its schedule (0 disables it; see
         :class:`ExplorationPenalty`).
       skip_optimizer_on_update: apply no optimizer step when the sets are recomputed.
-      **layout_options: further :class:`~jaxsparse.masks.SparsityLayout` fields.
+      **layout_options: further :class:`~jaxsparse.masks.SparsityLayout` fields. With a structure,
+        ``B`` has the same one at its own sparsity (under 2:4 and a backward sparsity of 25%, ``B``
+        is 3:4).
 
     Returns:
       The algorithm.
@@ -227,9 +228,10 @@ def top_kast(
     References:
       Jayakumar et al., "Top-KAST: Top-K Always Sparse Training", NeurIPS 2020.
     """
+    layout = make_layout(forward_sparsity, distribution, layout_options)
     return TopKast(
-        layout=make_layout(forward_sparsity, distribution, layout_options),
-        backward_layout=make_layout(backward_sparsity, distribution, layout_options),
+        layout=layout,
+        backward_layout=layout.at_sparsity(backward_sparsity),
         schedule=UpdateSchedule(begin_step, end_step, update_every),
         regularizer=ExplorationPenalty(penalty) if callable(penalty) or penalty != 0 else None,
         skip_optimizer_on_update=skip_optimizer_on_update,

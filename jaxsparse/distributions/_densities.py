@@ -69,6 +69,7 @@ def layer_sparsities(
     sparsity: float,
     distribution: str = "erk",
     erk_power_scale: float = 1.0,
+    sizes: Sequence[int] | None = None,
 ) -> list[float]:
     """Per-layer sparsities ``S_l`` that realise a global sparsity ``S``.
 
@@ -77,6 +78,8 @@ def layer_sparsities(
       sparsity: the global target ``S`` in ``[0, 1)``.
       distribution: ``"uniform"``, ``"er"`` or ``"erk"``.
       erk_power_scale: exponent applied to the ERK raw score.
+      sizes: the number of mask entries ``N_l`` of each layer (default: its weights); a structured
+        layout counts groups, so the budget is over groups while ``p_l`` still comes from the shape.
 
     Returns:
       One sparsity per layer; layers that saturate get ``0.0`` (dense).
@@ -95,7 +98,7 @@ def layer_sparsities(
     if distribution == "er" and any(len(s) < 2 for s in shapes):
         raise ValueError("the 'er' distribution needs kernels of rank >= 2 (it uses the two trailing dims).")
 
-    sizes = [math.prod(s) for s in shapes]
+    sizes = [math.prod(s) for s in shapes] if sizes is None else list(sizes)
     raw = [_raw_score(s, distribution, erk_power_scale) for s in shapes]
     dense: set[int] = set()
     while True:

@@ -1,6 +1,16 @@
 """Masks, their structure, the layout that decides which leaves are sparse, and mask-tree utilities."""
 
-from jaxsparse.masks._layout import LayerPlan, LeafFilter, SparsityLayout, default_filter, leaf_name, natural_key
+from jaxsparse.masks._layout import (
+    LayerPlan,
+    LeafFilter,
+    SparsityLayout,
+    StructureSpec,
+    default_filter,
+    fixed_sparsity,
+    leaf_name,
+    natural_key,
+    structures_of,
+)
 from jaxsparse.masks._masked import masked
 from jaxsparse.masks._masks import (
     MaskPair,
@@ -13,9 +23,26 @@ from jaxsparse.masks._masks import (
     masks_from_leaves,
     random_masks,
 )
-from jaxsparse.masks._structure import OutputChannels, Structure, Unstructured
+from jaxsparse.masks._structure import (
+    NM,
+    Blocks,
+    FanIn,
+    Heads,
+    InputChannels,
+    OutputChannels,
+    Structure,
+    Unstructured,
+    attention_heads,
+)
+from jaxsparse.masks._structure_names import STRUCTURE_NAMES, parse_structure
 
 __all__ = [
+    "NM",
+    "STRUCTURE_NAMES",
+    "Blocks",
+    "FanIn",
+    "Heads",
+    "InputChannels",
     "LayerPlan",
     "LeafFilter",
     "MaskPair",
@@ -24,15 +51,20 @@ __all__ = [
     "Params",
     "SparsityLayout",
     "Structure",
+    "StructureSpec",
     "Unstructured",
+    "attention_heads",
     "apply_masks",
     "check_masks",
     "default_filter",
     "expand_masks",
+    "fixed_sparsity",
     "leaf_name",
     "mask_leaves",
     "masked",
     "masks_from_leaves",
     "natural_key",
+    "parse_structure",
     "random_masks",
+    "structures_of",
 ]

@@ -23,7 +23,17 @@ from jaxsparse._variables import unboxed
 from jaxsparse.distributions import DISTRIBUTIONS, layer_sparsities, validate_sparsity, zeros_count
 from jaxsparse.masks._structure import Structure, Unstructured
 
-__all__ = ["LeafFilter", "LayerPlan", "SparsityLayout", "default_filter", "leaf_name", "natural_key"]
+__all__ = [
+    "LeafFilter",
+    "LayerPlan",
+    "SparsityLayout",
+    "StructureSpec",
+    "default_filter",
+    "fixed_sparsity",
+    "leaf_name",
+    "natural_key",
+    "structures_of",
+]
 
 LeafFilter = Callable[[str, jax.Array], bool]
 """Decides from a leaf's name and value (shape, dtype) whether it is sparsified."""
@@ -49,6 +59,42 @@ def _listing(names: list[str]) -> str:
     return shown + (f" and {len(names) - 12} more" if len(names) > 12 else "")
 
 
+def _structure_spec(structure) -> StructureSpec:
+    """A structure, or ``(pattern, structure)`` pairs from a mapping or sequence, checked and hashable."""
+    if isinstance(structure, Structure):
+        return structure
+    pairs = tuple(structure.items()) if isinstance(structure, Mapping) else structure
+    try:
+        pairs = tuple((pattern, value) for pattern, value in pairs)
+    except (TypeError, ValueError):
+        pairs = ()
+    if not pairs or not all(isinstance(p, str) and isinstance(v, Structure) for p, v in pairs):
+        raise TypeError(
+            "structure must be a jaxsparse.masks structure such as OutputChannels() or NM(2, 4), or a "
+            f"{{pattern: structure}} mapping, got {structure!r}."
+        )
+    for pattern, _ in pairs:
+        re.compile(pattern)
+    return pairs
+
+
+def structures_of(structure: StructureSpec) -> tuple[Structure, ...]:
+    """Every structure a spec names: the one structure, or each of its per-layer pairs'."""
+    return (structure,) if isinstance(structure, Structure) else tuple(s for _, s in _structure_spec(structure))
+
+
+def fixed_sparsity(structure: StructureSpec) -> float | None:
+    """The sparsity the structure fixes (N:M's ``1 - N/M``), if all its structures fix one and the same.
+
+    Example:
+      >>> from jaxsparse.masks import NM
+      >>> fixed_sparsity(NM(1, 4)), fixed_sparsity(Unstructured())
+      (0.75, None)
+    """
+    fixed = {s.fixed_sparsity for s in structures_of(structure)}
+    return fixed.pop() if len(fixed) == 1 and None not in fixed else None
+
+
 def natural_key(name: str) -> list:
     """Sort key of leaf names in network order: digit runs compare as numbers (``layer_9`` before ``layer_10``)."""
     return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]
@@ -56,11 +102,13 @@ def natural_key(name: str) -> list:
 
 @dataclasses.dataclass(frozen=True)
 class LayerPlan:
-    """The static plan of one sparsified leaf: its name, shape, structure and exact zero count.
+    """The static plan of one sparsified leaf: its name, shape, structure and exact counts.
 
     Counts are over the entries of the layer's mask, one per group of its structure (one per weight
-    when unstructured): ``size`` is the number of groups ``N_l``, ``zeros = floor(S_l N_l)`` and
-    ``active = N_l - zeros``.
+    when unstructured), and hold per *row* (:mod:`jaxsparse.masks` structures): the whole layer is
+    one row, except for row-wise structures (an N:M group, a neuron under constant fan-in). With
+    ``size = N_l`` entries in ``rows`` rows of ``row_size``, each row keeps ``row_active`` entries:
+    ``N_l - floor(S_l N_l)`` for one row, the structure's per-row count otherwise.
     """
 
     name: str
@@ -84,14 +132,47 @@ class LayerPlan:
         return math.prod(self.shape) // max(self.size, 1)
 
     @property
-    def zeros(self) -> int:
-        """``floor(S_l * N_l)``."""
-        return zeros_count(self.sparsity, self.size)
+    def rows(self) -> int:
+        """Rows with their own exact count (1: the whole layer)."""
+        return self.structure.rows(self.mask_shape)
+
+    @property
+    def row_size(self) -> int:
+        """Mask entries per row."""
+        return self.size // self.rows
+
+    @property
+    def row_active(self) -> int:
+        """``True`` entries per row."""
+        if self.rows == 1:
+            return self.size - zeros_count(self.sparsity, self.size)
+        return self.structure.row_count(self.sparsity, self.row_size)
 
     @property
     def active(self) -> int:
-        """``N_l - floor(S_l * N_l)``: the number of ``True`` entries in the layer's mask."""
-        return self.size - self.zeros
+        """``rows * row_active``: the number of ``True`` entries in the layer's mask."""
+        return self.rows * self.row_active
+
+    @property
+    def zeros(self) -> int:
+        """``size - active`` (``floor(S_l * N_l)`` for one row)."""
+        return self.size - self.active
+
+    def select(
+        self,
+        scores: jax.Array,
+        count: jax.typing.ArrayLike,
+        *,
+        candidates: jax.Array | None = None,
+        tie_seed: jax.typing.ArrayLike = 0,
+    ) -> jax.Array:
+        """The ``count`` best entries per row of the mask-shaped group ``scores`` (``Structure.select``)."""
+        return self.structure.select(scores, count, candidates=candidates, tie_seed=tie_seed)
+
+
+StructureSpec = Structure | tuple[tuple[str, Structure], ...]
+"""One structure for every sparsified leaf, or ``(pattern, structure)`` pairs: the first pattern
+:func:`re.search`-matching a leaf's name gives its structure (a mapping is accepted too)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -110,13 +191,17 @@ class SparsityLayout:
       dense_first_layer: keep the first sparsifiable leaf dense.
       dense_last_layer: keep the last sparsifiable leaf dense.
       structure: the unit a mask entry selects (:mod:`jaxsparse.masks` structures; default: single
-        weights). Counts hold at group level, and masks are stored at group size.
+        weights), or ``{pattern: structure}`` per layer (first match wins; every sparsified leaf
+        must match one). Counts hold at group level, masks are stored at group size, and the
+        distributions count groups: ERK's budget ``sum_l (1 - S_l) N_l`` is over each layer's
+        ``N_l`` groups. A structure that fixes its sparsity (N:M) takes its layers out of the
+        distribution; ``sparsity=None`` then means "the structure's".
 
     "First" and "last" follow the natural order of the leaf names (``Dense_2`` before
     ``Dense_10``); name layers explicitly with ``keep_dense`` when that order is not the network's.
     """
 
-    sparsity: float
+    sparsity: float | None
     distribution: str = "erk"
     erk_power_scale: float = 1.0
     layer_sparsity: tuple[tuple[str, float], ...] = ()
@@ -124,10 +209,20 @@ class SparsityLayout:
     keep_dense: tuple[str, ...] = ()
     dense_first_layer: bool = False
     dense_last_layer: bool = False
-    structure: Structure = Unstructured()
+    structure: StructureSpec = Unstructured()
 
     def __post_init__(self):
+        object.__setattr__(self, "structure", _structure_spec(self.structure))
+        if self.sparsity is None:
+            object.__setattr__(self, "sparsity", self._structures_sparsity())
         object.__setattr__(self, "sparsity", validate_sparsity(self.sparsity))
+        fixed = self._structures_sparsity(required=False)
+        if fixed is not None and not math.isclose(self.sparsity, fixed, abs_tol=1e-9):
+            raise ValueError(
+                f"sparsity={self.sparsity!r} conflicts with the structure {self._structure_names()}, which fixes "
+                f"every layer's sparsity at {fixed:.6g}: drop the sparsity (pass None; on the command line, leave "
+                f"--sparsity out) or pass {fixed:.6g}."
+            )
         if self.distribution not in DISTRIBUTIONS:
             raise ValueError(
                 f"unknown distribution {self.distribution!r}; choose one of {', '.join(map(repr, DISTRIBUTIONS))}."
@@ -148,10 +243,54 @@ class SparsityLayout:
             re.compile(pattern)
         if not callable(self.include):
             raise TypeError(f"include must be a callable (name, leaf) -> bool, got {self.include!r}.")
-        if not isinstance(self.structure, Structure):
-            raise TypeError(
-                f"structure must be a jaxsparse.masks structure such as OutputChannels(), got {self.structure!r}."
+
+    def at_sparsity(self, sparsity: float) -> SparsityLayout:
+        """This layout at another global ``sparsity``, each structure adapted (``Structure.at_sparsity``)."""
+        spec = self.structure
+        structure = (
+            spec.at_sparsity(sparsity)
+            if isinstance(spec, Structure)
+            else tuple((pattern, s.at_sparsity(sparsity)) for pattern, s in spec)
+        )
+        return dataclasses.replace(self, sparsity=sparsity, structure=structure)
+
+    @property
+    def row_wise(self) -> bool:
+        """Some layer's structure counts per row (N:M, constant fan-in), so no count is pooled across layers."""
+        return any(s.row_wise for s in self._structures())
+
+    def _structures(self) -> tuple[Structure, ...]:
+        return structures_of(self.structure)
+
+    def _structure_names(self) -> str:
+        return ", ".join(repr(s) for s in self._structures())
+
+    def _structures_sparsity(self, required: bool = True) -> float | None:
+        """:func:`fixed_sparsity` of the structure, or with ``required`` an error when there is none."""
+        fixed = fixed_sparsity(self.structure)
+        if fixed is None and required:
+            raise ValueError(
+                f"sparsity=None needs a structure that fixes the sparsity (N:M), got {self._structure_names()}: "
+                "pass a sparsity such as 0.9."
             )
+        return fixed
+
+    def structure_of(self, name: str) -> Structure:
+        """The structure of the sparsified leaf called ``name``.
+
+        Raises:
+          ValueError: a per-layer structure mapping has no pattern matching ``name``.
+        """
+        if isinstance(self.structure, Structure):
+            return self.structure
+        for pattern, structure in self.structure:
+            if re.search(pattern, name):
+                return structure
+        raise ValueError(
+            f"parameter {name!r} matches no pattern of the structure mapping "
+            f"{[pattern for pattern, _ in self.structure]}: add a pattern for it ('' matches every name), "
+            "or keep it dense (keep_dense=...)."
+        )
 
     def plan(self, params) -> list[LayerPlan | None]:
         """One entry per leaf of ``params`` (flattening order): its plan, or ``None`` if dense.
@@ -204,12 +343,28 @@ class SparsityLayout:
                     "can be sparsified; exclude it with keep_dense=(...) or include=."
                 )
 
+        structures = {}
+        for i in ordered:
+            structures[i] = self.structure_of(names[i])
+            shape = tuple(jnp.shape(leaves[i][1]))
+            try:
+                structures[i].mask_shape(shape)
+            except ValueError as error:
+                raise ValueError(f"parameter {names[i]!r}: {error}") from None
         overridden = {}
         for i in ordered:
             for pattern, value in self.layer_sparsity:
                 if re.search(pattern, names[i]):
+                    if structures[i].fixed_sparsity is not None:
+                        raise ValueError(
+                            f"layer_sparsity pattern {pattern!r} sets parameter {names[i]!r} to {value}, but its "
+                            f"structure {structures[i]!r} fixes its sparsity at {structures[i].fixed_sparsity:.6g}: "
+                            "drop the override or give the layer another structure."
+                        )
                     overridden[i] = value
                     break
+            if structures[i].fixed_sparsity is not None:
+                overridden[i] = structures[i].fixed_sparsity
         for pattern, _ in self.layer_sparsity:
             if not any(re.search(pattern, names[i]) for i in ordered):
                 raise ValueError(
@@ -219,16 +374,21 @@ class SparsityLayout:
                 )
         budgeted = [i for i in ordered if i not in overridden]
         shapes = [tuple(jnp.shape(leaves[i][1])) for i in budgeted]
+        groups = [math.prod(structures[i].mask_shape(shape)) for i, shape in zip(budgeted, shapes, strict=True)]
         sparsities = dict(
-            zip(budgeted, layer_sparsities(shapes, self.sparsity, self.distribution, self.erk_power_scale), strict=True)
+            zip(
+                budgeted,
+                layer_sparsities(shapes, self.sparsity, self.distribution, self.erk_power_scale, sizes=groups),
+                strict=True,
+            )
         )
         sparsities.update(overridden)
         plans = [None] * len(leaves)
         for i in ordered:
-            shape = tuple(jnp.shape(leaves[i][1]))
-            try:
-                self.structure.mask_shape(shape)
+            plan = LayerPlan(names[i], tuple(jnp.shape(leaves[i][1])), sparsities[i], structures[i])
+            try:  # a structure's per-row count may reject the sparsity (constant fan-in's k = 0)
+                structures[i].row_count(plan.sparsity, plan.row_size)
             except ValueError as error:
                 raise ValueError(f"parameter {names[i]!r}: {error}") from None
-            plans[i] = LayerPlan(names[i], shape, sparsities[i], self.structure)
+            plans[i] = plan
         return plans

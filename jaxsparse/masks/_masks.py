@@ -17,7 +17,6 @@ import jax.numpy as jnp
 from jaxsparse import scores
 from jaxsparse._variables import unboxed
 from jaxsparse.masks._layout import LayerPlan, leaf_name
-from jaxsparse.selection import top_k_mask
 
 __all__ = [
     "MaskPair",
@@ -141,11 +140,11 @@ def masks_from_leaves(params: Params, leaves: Sequence[jax.Array | None]) -> Mas
 
 
 def random_masks(key: jax.Array, params: Params, plans: Sequence[LayerPlan | None]) -> Masks:
-    """Uniformly random masks with exactly ``plan.active`` ``True`` entries per sparsified leaf.
+    """Uniformly random masks with exactly ``plan.row_active`` ``True`` entries per row of each sparsified leaf.
 
     Each leaf draws ``uint32`` random scores from ``fold_in(key, leaf_index)``, reduced to one per
-    group by the plan's structure, and keeps the ``plan.active`` largest (an exact top-k), so every
-    subset of that size is equally likely. Ties are broken with a seed from a separate stream of
+    group by the plan's structure, and keeps the ``plan.row_active`` largest of each row (an exact
+    top-k), so every subset of that size is equally likely. Ties are broken with a seed from a separate stream of
     ``key``.
     """
     tie_root = jax.random.fold_in(key, _TIE_STREAM)
@@ -156,5 +155,5 @@ def random_masks(key: jax.Array, params: Params, plans: Sequence[LayerPlan | Non
             continue
         bits = plan.structure.group_scores(scores.random(param, None, jax.random.fold_in(key, index)))
         tie_seed = jax.random.bits(jax.random.fold_in(tie_root, index), (), jnp.uint32)
-        leaves.append(top_k_mask(bits, plan.active, tie_seed=tie_seed))
+        leaves.append(plan.select(bits, plan.row_active, tie_seed=tie_seed))
     return masks_from_leaves(params, leaves)

@@ -35,6 +35,7 @@ from typing import Any
 from jaxsparse.algorithms import Option, Settings, lookup, registered
 from jaxsparse.data import DATASETS
 from jaxsparse.distributions import DISTRIBUTIONS
+from jaxsparse.masks import fixed_sparsity, parse_structure
 from jaxsparse.models import MODELS
 
 __all__ = [
@@ -104,7 +105,16 @@ class Config:
     """
 
     method: str = _field("rigl", "training method: dense or a registered algorithm (see --method's choices)")
-    sparsity: float = _field(0.9, "global sparsity of the sparsified kernels, in [0, 1) (dense: always 0)")
+    sparsity: float | None = _field(
+        None,
+        "global sparsity of the sparsified kernels, in [0, 1) (default: 0.9; with an N:M structure 1 - N/M; dense: 0)",
+    )
+    structure: str | None = _field(
+        None,
+        "mask structure: unstructured, N:M (2:4, 1:4, 2:8, 1:16), block:BHxBW (block:8x8), channel (neurons and "
+        "filters), input_channel, heads (attention heads, neurons elsewhere) or fan_in (constant fan-in); default: "
+        "the method's (2:4 for nm_ste/nm_sr_ste, fan_in for srigl, else unstructured)",
+    )
     distribution: str = _field("erk", f"how the sparsity is spread over layers: {', '.join(DISTRIBUTIONS)}")
     dataset: str = _field("mnist1d", f"dataset: {', '.join(DATASETS)}")
     model: str = _field("lenet5", f"model: {', '.join(MODELS)}")
@@ -139,10 +149,31 @@ class Config:
     def __post_init__(self) -> None:
         options = self.options.items() if isinstance(self.options, Mapping) else self.options
         object.__setattr__(self, "options", tuple(sorted((str(k), v) for k, v in options)))
+        self._resolve_structure()
+        self._validate()
+
+    def _resolve_structure(self) -> None:
+        """Fills in the method's default structure and the sparsity it implies, refusing a conflict."""
+        default = None if self.method not in method_names() or self.method == "dense" else lookup(self.method)
+        if self.structure is None:
+            chosen = default.default_structure if default is not None else None
+            object.__setattr__(self, "structure", chosen or "unstructured")
+        try:
+            fixed = parse_structure(self.structure)
+        except ValueError as error:
+            raise ConfigError(str(error)) from None
+        fixed = fixed_sparsity(fixed)
         if self.method == "dense":
             # A dense run has no masks; recording 0 keeps summaries and plots of sparsity truthful.
             object.__setattr__(self, "sparsity", 0.0)
-        self._validate()
+        elif self.sparsity is None:
+            object.__setattr__(self, "sparsity", 0.9 if fixed is None else fixed)
+        elif fixed is not None and abs(self.sparsity - fixed) > 1e-9:
+            raise ConfigError(
+                f"sparsity={self.sparsity!r} conflicts with structure={self.structure!r}, which fixes the sparsity "
+                f"of every layer at {fixed:.6g}: leave --sparsity out (it then defaults to {fixed:.6g}) or pass "
+                f"{fixed:.6g}."
+            )
 
     def _validate(self) -> None:
         for name, choices in {"method": method_names(), **CHOICES}.items():
@@ -200,6 +231,7 @@ class Config:
             sparsity=self.sparsity,
             distribution=self.distribution,
             dense_first_layer=self.dense_first_layer,
+            structure=parse_structure(self.structure),
             update_every=self.update_every,
             begin_step=self.begin_step,
             end_step=self.mask_end_step,
