@@ -32,6 +32,7 @@ class Settings(NamedTuple):
       sparsity: global sparsity in ``[0, 1)``.
       distribution: ``"uniform"``, ``"er"`` or ``"erk"``.
       dense_first_layer: keep the first sparsifiable layer dense.
+      keep_dense: patterns of parameter names kept dense.
       structure: the mask structure (``None``: the factory's default, unstructured for most).
       update_every: steps between mask updates.
       begin_step: first step that may update masks.
@@ -42,6 +43,7 @@ class Settings(NamedTuple):
     sparsity: float
     distribution: str = "erk"
     dense_first_layer: bool = False
+    keep_dense: tuple[str, ...] = ()
     structure: StructureSpec | None = None
     update_every: int = 100
     begin_step: int = 0
@@ -57,6 +59,8 @@ class Settings(NamedTuple):
             begin_step=self.begin_step,
             end_step=self.end_step,
         )
+        if self.keep_dense:
+            keywords["keep_dense"] = self.keep_dense
         if self.structure is not None:
             keywords["structure"] = self.structure
         return keywords
@@ -119,9 +123,7 @@ class Method:
             raise ValueError(f"{self.name} needs a sparsity: its structure does not fix one.")
         return Settings(sparsity=sparsity, options=values, **shared)
 
-    def make(
-        self, sparsity: float | None, options: Mapping[str, Any] | None = None, **shared: Any
-    ) -> SparseAlgorithm:
+    def make(self, sparsity: float | None, options: Mapping[str, Any] | None = None, **shared: Any) -> SparseAlgorithm:
         """``build(settings(...))``: the algorithm from keyword settings (see :class:`Settings`)."""
         return self.build(self.settings(sparsity, options, **shared))
 

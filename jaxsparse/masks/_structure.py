@@ -398,8 +398,11 @@ class NM(Structure):
 
     NVIDIA's sparse tensor cores (Ampere and later) run 2:4 on the reduction dimension of a matrix
     product at up to twice the dense math throughput (Mishra et al. 2021). The group axis defaults
-    to the layer's reduction (input) axis: axis 0 of a ``(in, out)`` dense kernel and the
-    input-channel axis 2 of an HWIO conv kernel; other ranks need ``axis=``. The mask is stored at
+    to the layer's reduction (input) axis in flax's ``(..., in, out)`` layout, axis ``-2``: axis 0 of
+    a ``(in, out)`` dense kernel, the input-channel axis of a ``(H, W, I, O)`` conv kernel (as the
+    SR-STE code groups convs along input channels). Kernels laid out otherwise need ``axis=``
+    (flax's attention: 0 for ``(features, heads, head_dim)``, 1 for the ``(heads, head_dim,
+    features)`` output projection). The mask is stored at
     element size and every group is its own row, so each has exactly ``n`` entries on; ``1 - n/m``
     is the sparsity of every layer, so a layer distribution does not apply and a layout asking for
     another sparsity is an error.
@@ -426,18 +429,12 @@ class NM(Structure):
             raise ValueError(f"N:M needs integers 1 <= n <= m (e.g. NM(2, 4)), got n={self.n!r}, m={self.m!r}.")
 
     def _group_axis(self, shape: tuple[int, ...]) -> int:
-        if self.axis is not None:
-            axis = _axis(self.axis, shape, f"{self.n}:{self.m} structure")
-        elif len(shape) == 2:
-            axis = 0
-        elif len(shape) == 4:
-            axis = 2
-        else:
+        if len(shape) < 2:
             raise ValueError(
-                f"{self.n}:{self.m} structure has no default axis for a rank-{len(shape)} kernel of shape {shape} "
-                f"(the default is the reduction axis of a 2-D dense or 4-D HWIO conv kernel): pass "
-                f"NM({self.n}, {self.m}, axis=...), give this layer its own structure, or keep it dense."
+                f"{self.n}:{self.m} structure needs a kernel of rank >= 2 (inputs ..., outputs), got shape {shape}; "
+                "keep this leaf dense (keep_dense=...) or use the unstructured default."
             )
+        axis = _axis(-2 if self.axis is None else self.axis, shape, f"{self.n}:{self.m} structure")
         if shape[axis] % self.m:
             raise ValueError(
                 f"{self.n}:{self.m} structure groups axis {axis} of shape {shape} in groups of {self.m}, "

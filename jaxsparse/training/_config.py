@@ -25,6 +25,7 @@ import dataclasses
 import difflib
 import json
 import os
+import re
 import sys
 import types
 import typing
@@ -131,6 +132,11 @@ class Config:
     dense_first_layer: bool = _field(
         False, "keep the first sparsifiable layer dense (RigL's uniform distribution does, Evci et al. 2020)"
     )
+    keep_dense: str | None = _field(
+        None,
+        "regular expression of parameter names kept dense, e.g. 'Conv' or 'Dense_2' (a structure that does not "
+        "divide a layer names it; keep it dense this way)",
+    )
     begin_step: int = _field(0, "first step that may update masks")
     end_step: int | None = _field(None, "last step that may update masks (default: 75%% of --steps)")
     options: tuple[tuple[str, Any], ...] = _field(
@@ -197,6 +203,13 @@ class Config:
         _check(0.0 <= self.momentum < 1.0, "momentum", self.momentum, "must be in [0, 1)")
         _check(self.weight_decay >= 0, "weight_decay", self.weight_decay, "must be >= 0 (0 disables it)")
         _check(self.clip_norm >= 0, "clip_norm", self.clip_norm, "must be >= 0 (0 disables clipping)")
+        if self.keep_dense is not None:
+            try:
+                re.compile(self.keep_dense)
+            except re.error as error:
+                raise ConfigError(
+                    f"keep_dense={self.keep_dense!r} is not a regular expression ({error}); e.g. 'Conv' or 'Dense_2'."
+                ) from None
         if self.end_step is not None:
             _check(self.end_step <= self.steps, "end_step", self.end_step, f"must be at most steps={self.steps}")
         known = method_options()
@@ -231,6 +244,7 @@ class Config:
             sparsity=self.sparsity,
             distribution=self.distribution,
             dense_first_layer=self.dense_first_layer,
+            keep_dense=() if self.keep_dense is None else (self.keep_dense,),
             structure=parse_structure(self.structure),
             update_every=self.update_every,
             begin_step=self.begin_step,

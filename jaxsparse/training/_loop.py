@@ -197,6 +197,20 @@ def _initial_state(
     return state, axes
 
 
+def _check_layout(algorithm: jsp.SparseAlgorithm, model: nn.Module, dataset: Dataset, config: Config) -> None:
+    """Plans the model's parameter shapes before anything runs: a structure that does not fit is a ConfigError."""
+    shapes = jax.eval_shape(
+        functools.partial(model.init, train=False), jax.random.key(0), jnp.zeros((1, *dataset.input_shape))
+    )["params"]
+    try:
+        algorithm.plan(shapes)
+    except ValueError as error:
+        raise ConfigError(
+            f"{error} On the command line: --keep-dense PATTERN keeps layers dense (e.g. --keep-dense Conv), "
+            f"or choose another --structure (now {config.structure!r})."
+        ) from None
+
+
 def _first(state: dict[str, Any], axes: dict[str, Any]) -> dict[str, Any]:
     """Replica 0 of a replicated run's state (the state itself for one model)."""
     return Replicas.first(state, axes)
@@ -294,6 +308,8 @@ def train(config: Config, *, resume: bool = False, progress: bool = True) -> Tra
         model = create_model(config.model, num_classes=dataset.num_classes, input_shape=dataset.input_shape)
         algorithm = make_algorithm(config)
         sparse = algorithm is not None
+        if sparse:
+            _check_layout(algorithm, model, dataset, config)
         replicas = Replicas.for_algorithm(algorithm, config.batch_size)
         mesh = contextlib.nullcontext() if replicas is None else jax.set_mesh(replicas.mesh)
         init_key, mask_key = jax.random.split(jax.random.key(config.seed))
