@@ -7,14 +7,16 @@ a timing. The committed numbers come from full runs (``benchmarks/README.md``).
 
 from __future__ import annotations
 
+import csv
 import json
 import math
 
 import pytest
 
-from benchmarks.accuracy import sweep
+from benchmarks.accuracy import structures, sweep
 from benchmarks.speed import compare, distributed, memory, selection, step_time, versus_commit, wall_clock
 from benchmarks.speed.workloads import QUICK_WORKLOADS
+from jaxsparse.training import ConfigError
 
 
 def _written(out):
@@ -70,6 +72,88 @@ def test_sweep_statistics():
     assert check["margin_in_std_errors"] == pytest.approx(0.2 / math.sqrt(0.02 / 2))
 
 
+def test_sweep_leaves_structured_methods_to_the_structure_study(tmp_path):
+    assert set(sweep.STRUCTURED) >= {"nm_ste", "nm_sr_ste", "srigl"}
+    assert not set(sweep.STRUCTURED) & set(sweep.SPARSE_METHODS)
+    runs = sweep.plan(["digits"], ["rigl", "nm_ste"], [0.8], ["uniform"], 1, 20, 5)
+    assert [(run.method, run.structure) for run in runs] == [("rigl", "unstructured"), ("nm_ste", "2:4")]
+    with pytest.raises(ConfigError, match="conflicts with structure"):  # before anything trains
+        sweep.run_all(runs, tmp_path / "sweep.csv", 1, tmp_path / "cache")
+    assert not (tmp_path / "sweep.csv").exists()
+
+
+def test_sweep_reads_and_extends_a_csv_from_before_the_structure_columns(tmp_path):
+    path = tmp_path / "old.csv"
+    old_columns = [name for name in sweep.COLUMNS if name not in ("structure", "keep_dense")]
+    values = dict(dataset="d", model="m", steps=1, update_every=1, method="rigl", distribution="erk", sparsity=0.9)
+    values |= dict(seed=0, accuracy=0.5, test_loss=1.0, measured_sparsity=0.9, training_flops_ratio=0.5)
+    values |= dict(inference_flops_ratio=0.1, wall_time_s=1.0, git_commit="x")
+    with path.open("w", newline="") as file:
+        writer = csv.DictWriter(file, fieldnames=old_columns)
+        writer.writeheader()
+        writer.writerow(values)
+    (old,) = sweep.read_rows(path)
+    assert (old["structure"], old["keep_dense"]) == ("unstructured", "")
+    sweep.append_row(path, {**old, "structure": "2:4", "sparsity": 0.5})
+    assert path.read_text().splitlines()[0] == ",".join(sweep.COLUMNS)
+    assert [row["structure"] for row in sweep.read_rows(path)] == ["unstructured", "2:4"]
+
+
+def test_structure_study_quick(tmp_path):
+    out = tmp_path / "structures.json"
+    record = structures.main(["--quick", "--out", str(out)])
+    assert _written(out)["table"] == record["table"]
+    rows = sweep.read_rows(out.with_suffix(".csv"))
+    assert sorted((row["method"], row["structure"], row["keep_dense"]) for row in rows) == [
+        ("dense", "-", ""),
+        ("nm_sr_ste", "2:4", "Dense_2"),
+        ("rigl", "2:4", "Dense_2"),
+    ]
+    for row in rows:
+        assert row["measured_sparsity"] == pytest.approx(0.0 if row["method"] == "dense" else 0.5, abs=1e-6)
+    assert {structures.row_label(cell) for cell in record["table"]} == {"dense", "rigl N:M", "nm_sr_ste N:M"}
+    assert "| rigl N:M |" in out.with_suffix(".md").read_text()
+
+
+def test_structure_study_plans_matched_layers_and_checks_the_orderings():
+    runs = structures.plan(["digits", "mnist1d"], structures.GRID, 1, None, 50)
+    sparse = [run for run in runs if run.method != "dense"]
+    assert {run.keep_dense for run in sparse if run.dataset == "mnist1d"} == {"Conv|Dense_2"}
+    assert {run.distribution for run in sparse} == {"uniform"}
+    assert {run.structure for run in sparse if run.sparsity == 0.75 and run.method.startswith("nm")} == {"1:4"}
+    for run in runs:
+        sweep.config(run)  # every structure fits, and N:M runs at the sparsity it fixes
+
+    def cell(label, accuracies, sparsity=0.5):
+        method, structure = label.split()
+        structure = {"N:M": "2:4"}.get(structure, structure)
+        mean = sum(accuracies) / len(accuracies)
+        std = math.sqrt(sum((a - mean) ** 2 for a in accuracies) / (len(accuracies) - 1))
+        return dict(dataset="d", sparsity=sparsity, method=method, structure=structure, mean=mean, std=std, seeds=2)
+
+    table = [
+        cell("rigl unstructured", (0.90, 0.92)),
+        cell("rigl N:M", (0.90, 0.90)),
+        cell("rigl channel", (0.93, 0.93)),
+        cell("srigl fan_in", (0.905, 0.905)),
+        cell("nm_ste N:M", (0.80, 0.82)),
+        cell("nm_sr_ste N:M", (0.81, 0.81)),
+    ]
+    checks = {check["claim"]: check for check in structures.orderings(table)}
+    assert set(checks) == {
+        "nm_sr_ste N:M >= nm_ste N:M",
+        "rigl unstructured >= rigl N:M",
+        "rigl N:M >= rigl channel",  # no blocks at this sparsity: the next coarser structure present
+        "srigl fan_in ~ rigl unstructured",
+    }
+    assert checks["nm_sr_ste N:M >= nm_ste N:M"]["holds"] and checks["rigl unstructured >= rigl N:M"]["holds"]
+    broken = checks["rigl N:M >= rigl channel"]
+    assert not broken["holds"] and broken["margin_points"] == pytest.approx(-3.0)
+    assert broken["margin_in_std_errors"] is None  # both cells without spread
+    close = checks["srigl fan_in ~ rigl unstructured"]
+    assert close["holds"] and close["margin_in_std_errors"] == pytest.approx(-0.005 / math.sqrt(0.0002 / 2))
+
+
 def test_step_time_quick(tmp_path):
     out = tmp_path / "step_time.json"
     (result,) = step_time.main(["--quick", "--out", str(out)])["results"]
@@ -79,6 +163,18 @@ def test_step_time_quick(tmp_path):
     for method in step_time.CHANGING_MASKS:
         assert result["checks"][method]["mask_changes_normal_step"] == 0
         assert result["checks"][method]["mask_changes_update_step"] > 0
+
+
+def test_step_time_quick_structures(tmp_path):
+    out = tmp_path / "structures.json"
+    (result,) = step_time.main(["--quick", "--structures", "--out", str(out)])["results"]
+    assert _written(out)["benchmark"] == "step time by structure"
+    assert list(result["ratio_to_baseline"]) == list(step_time.QUICK_STRUCTURES)
+    assert result["ratio_to_baseline"][result["baseline"]] == {"normal": 1.0, "update": 1.0, "amortised": 1.0}
+    for label, ratios in result["ratio_to_dense"].items():
+        assert all(value > 0 and math.isfinite(value) for value in ratios.values()), label
+    assert result["checks"]["rigl block:4x4"]["mask_changes_update_step"] > 0
+    assert result["checks"]["nm_sr_ste 2:4"]["mask_changes_normal_step"] > 0  # its mask follows |W| every step
 
 
 def test_selection_quick(tmp_path):

@@ -7,7 +7,11 @@ gradual magnitude pruning ramping from dense to the target sparsity over the sam
 Gupta 2017's cubic schedule). The reported accuracy is the test accuracy after the last step: no
 checkpoint is picked by its test score.
 
-* methods: dense, static (random masks, fixed), SET, RigL, Top-KAST, gradual magnitude;
+* methods: dense, static (random masks, fixed), SET, RigL, Top-KAST, gradual magnitude, GaP: every
+  registered method whose masks are unstructured by default. Those with a structure of their own
+  (N:M STE and SR-STE, SRigL at constant fan-in) belong to the structure study
+  (:mod:`benchmarks.accuracy.structures`), which compares them at matched layers and densities;
+  here they run on request only (``--methods srigl``);
 * sparsities 80/90/95/98% of the sparsified kernels; distributions ``uniform`` (with the first
   layer kept dense, as in Evci et al. 2020) and ``erk``;
 * data sets that need no download: ``digits`` (scikit-learn, an MLP) and ``mnist1d`` (generated,
@@ -35,7 +39,7 @@ import itertools
 import multiprocessing
 import statistics
 import tempfile
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -44,18 +48,22 @@ from matplotlib.figure import Figure
 
 from benchmarks.common import COMPILATION_CACHE, argument_parser, output_path, write_results
 from jaxsparse.algorithms import lookup, registered
+from jaxsparse.training import Config
 
 VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {"p_gap": ("gap", {"gap_parallel": True})}
 """Rows that run a registered method with options of its own: parallel GaP is ``gap --gap-parallel``."""
-SPARSE_METHODS = (*(method.name for method in registered()), *VARIANTS)
-"""Every registered algorithm, and the variants: a newly registered one joins the sweep."""
+STRUCTURED = tuple(method.name for method in registered() if method.default_structure not in (None, "unstructured"))
+"""Registered methods with a structure of their own (``nm_ste``'s 2:4, which fixes the sparsity at 50%;
+``srigl``'s constant fan-in): the structure study runs them, this sweep only on request."""
+SPARSE_METHODS = (*(method.name for method in registered() if method.name not in STRUCTURED), *VARIANTS)
+"""Every registered unstructured algorithm, and the variants: a newly registered one joins the sweep."""
 STUDIES: dict[str, tuple[str, dict[str, Any]]] = {
     "gap_r2": ("gap", {"gap_rounds": 2}),
     "gap_k2": ("gap", {"gap_partitions": 2}),
     "gap_k4": ("gap", {"gap_partitions": 4}),
 }
 """Variations run on request only (``--methods gap_r2 ...``), e.g. GaP's rounds and partitions."""
-TABLE_ORDER = (*SPARSE_METHODS, *STUDIES)
+TABLE_ORDER = (*SPARSE_METHODS, *STUDIES, *STRUCTURED)
 DYNAMIC = ("set", "rigl", "top_kast")
 SPARSITIES = (0.8, 0.9, 0.95, 0.98)
 DISTRIBUTIONS = ("uniform", "erk")
@@ -78,6 +86,8 @@ COLUMNS = (
     "distribution",
     "sparsity",
     "seed",
+    "structure",
+    "keep_dense",
     "accuracy",
     "test_loss",
     "measured_sparsity",
@@ -86,12 +96,17 @@ COLUMNS = (
     "wall_time_s",
     "git_commit",
 )
-KEY = COLUMNS[:8]
+KEY = COLUMNS[:10]
 
 
 @dataclasses.dataclass(frozen=True)
 class Run:
-    """One training run of the sweep (dense runs have distribution ``"-"`` and sparsity 0)."""
+    """One training run (dense runs have distribution and structure ``"-"`` and sparsity 0).
+
+    ``structure`` is a :func:`jaxsparse.masks.parse_structure` name. ``keep_dense`` is a regular
+    expression of the parameters kept dense (``""``: none). ``uniform`` keeps the first layer dense
+    (Evci et al. 2020) unless the run names its dense layers with ``keep_dense``.
+    """
 
     dataset: str
     model: str
@@ -101,6 +116,8 @@ class Run:
     distribution: str
     sparsity: float
     seed: int
+    structure: str
+    keep_dense: str
 
     def key(self) -> tuple[str, ...]:
         return row_key(dataclasses.asdict(self))
@@ -111,6 +128,16 @@ def row_key(row: dict[str, Any]) -> tuple[str, ...]:
     return tuple(str(row[name]) for name in KEY)
 
 
+def resolve(name: str) -> tuple[str, dict[str, Any]]:
+    """The registered method a table row runs and the options it sets (``p_gap``: ``gap``, parallel)."""
+    return {**VARIANTS, **STUDIES}.get(name, (name, {}))
+
+
+def default_structure(name: str) -> str:
+    """The structure ``name`` runs at when none is asked for (``"-"`` for dense)."""
+    return "-" if name == "dense" else lookup(resolve(name)[0]).default_structure or "unstructured"
+
+
 def plan(
     datasets: Sequence[str],
     methods: Sequence[str],
@@ -119,36 +146,63 @@ def plan(
     seeds: int,
     steps: int | None,
     update_every: int,
+    structure: str | None = None,
+    keep_dense: Mapping[str, str] | None = None,
 ) -> list[Run]:
-    """Every run of the sweep: dense once per data set and seed, each sparse method on the full grid."""
+    """Every run of the sweep: dense once per data set and seed, each sparse method on the full grid.
+
+    ``structure`` applies to every sparse run (``None``: each method's own); ``keep_dense`` maps a
+    data set to the pattern of the parameters its sparse runs keep dense.
+    """
     runs = []
     for dataset in datasets:
         settings = DATASET_SETTINGS[dataset]
         common = dict(
             dataset=dataset, model=settings["model"], steps=steps or settings["steps"], update_every=update_every
         )
+        dense_layers = (keep_dense or {}).get(dataset, "")
         for seed in range(seeds):
             if "dense" in methods:
-                runs.append(Run(**common, method="dense", distribution="-", sparsity=0.0, seed=seed))
+                runs.append(
+                    Run(
+                        **common,
+                        method="dense",
+                        distribution="-",
+                        sparsity=0.0,
+                        seed=seed,
+                        structure="-",
+                        keep_dense="",
+                    )
+                )
             for method, distribution, sparsity in itertools.product(
                 [m for m in methods if m != "dense"], distributions, sparsities
             ):
-                runs.append(Run(**common, method=method, distribution=distribution, sparsity=sparsity, seed=seed))
+                runs.append(
+                    Run(
+                        **common,
+                        method=method,
+                        distribution=distribution,
+                        sparsity=sparsity,
+                        seed=seed,
+                        structure=structure or default_structure(method),
+                        keep_dense=dense_layers,
+                    )
+                )
     return runs
 
 
-def train_one(run: Run, cache_dir: str) -> dict[str, Any]:
-    """Trains ``run`` with the harness (results folder in a temporary directory) and returns its CSV row."""
-    from jaxsparse.training import Config, compilation_cache, train
-
-    method, variant = {**VARIANTS, **STUDIES}.get(run.method, (run.method, {}))
+def config(run: Run) -> Config:
+    """The harness's settings of ``run`` (a :class:`~jaxsparse.training.ConfigError` if they conflict)."""
+    method, variant = resolve(run.method)
     own = {option.name for option in lookup(method).options} if method != "dense" else set()
     options = {**DATASET_SETTINGS[run.dataset].get("options", {}), **variant}
-    config = Config(
+    return Config(
         method=method,
         sparsity=run.sparsity,
+        structure=None if run.structure == "-" else run.structure,
         distribution="erk" if run.distribution == "-" else run.distribution,
-        dense_first_layer=run.distribution == "uniform",
+        dense_first_layer=run.distribution == "uniform" and not run.keep_dense,
+        keep_dense=run.keep_dense or None,
         dataset=run.dataset,
         model=run.model,
         steps=run.steps,
@@ -159,8 +213,14 @@ def train_one(run: Run, cache_dir: str) -> dict[str, Any]:
         keep_checkpoints=1,
         options=tuple((name, value) for name, value in options.items() if name in own),
     )
+
+
+def train_one(run: Run, cache_dir: str) -> dict[str, Any]:
+    """Trains ``run`` with the harness (results folder in a temporary directory) and returns its CSV row."""
+    from jaxsparse.training import compilation_cache, train
+
     with tempfile.TemporaryDirectory() as out_dir, compilation_cache(cache_dir):
-        result = train(config.replace(out_dir=out_dir), progress=False)
+        result = train(config(run).replace(out_dir=out_dir), progress=False)
     last = result.metrics[-1]
     if abs(last["sparsity"] - run.sparsity) > 0.01:
         raise RuntimeError(f"{run} ended at sparsity {last['sparsity']:.4f}, not {run.sparsity}: check the schedule")
@@ -177,11 +237,18 @@ def train_one(run: Run, cache_dir: str) -> dict[str, Any]:
 
 
 def read_rows(path: Path) -> list[dict[str, Any]]:
-    """The finished runs in ``path`` (none if it does not exist), numbers parsed."""
+    """The finished runs in ``path`` (none if it does not exist), numbers parsed.
+
+    A CSV written before the ``structure`` and ``keep_dense`` columns existed holds unstructured
+    runs with no layers named dense, and reads as such.
+    """
     if not path.exists():
         return []
     with path.open(newline="") as file:
         rows = list(csv.DictReader(file))
+    for row in rows:
+        row.setdefault("structure", "-" if row["method"] == "dense" else "unstructured")
+        row.setdefault("keep_dense", "")
     numeric = {
         "steps": int,
         "update_every": int,
@@ -198,6 +265,12 @@ def read_rows(path: Path) -> list[dict[str, Any]]:
 
 
 def append_row(path: Path, row: dict[str, Any]) -> None:
+    """Appends ``row`` to the CSV at ``path``, first rewriting one with older columns in today's."""
+    if path.exists() and _header(path) != list(COLUMNS):
+        rows = read_rows(path)
+        path.unlink()
+        for old in rows:
+            append_row(path, old)
     new = not path.exists()
     with path.open("a", newline="") as file:
         writer = csv.DictWriter(file, fieldnames=COLUMNS)
@@ -206,10 +279,21 @@ def append_row(path: Path, row: dict[str, Any]) -> None:
         writer.writerow({name: row[name] for name in COLUMNS})
 
 
+def _header(path: Path) -> list[str]:
+    with path.open(newline="") as file:
+        return next(csv.reader(file), [])
+
+
 def run_all(runs: Sequence[Run], csv_path: Path, jobs: int, cache_dir: Path) -> list[dict[str, Any]]:
-    """Trains the runs ``csv_path`` does not hold yet, appending each row as it finishes."""
+    """Trains the runs ``csv_path`` does not hold yet, appending each row as it finishes.
+
+    Every run's settings are checked first, so a conflict (``nm_ste`` at 80%) stops the sweep
+    before anything trains.
+    """
     done = {row_key(row) for row in read_rows(csv_path)}
     todo = [run for run in runs if run.key() not in done]
+    for run in todo:
+        config(run)
     print(f"{len(runs)} runs, {len(runs) - len(todo)} already in {csv_path}, {len(todo)} to train", flush=True)
     if jobs == 1:
         finished = (train_one(run, str(cache_dir)) for run in todo)
@@ -227,7 +311,7 @@ def _record_all(rows: Iterable[dict[str, Any]], csv_path: Path, total: int) -> N
     for index, row in enumerate(rows, 1):
         append_row(csv_path, row)
         print(
-            f"[{index}/{total}] {row['dataset']} {row['method']} {row['distribution']} "
+            f"[{index}/{total}] {row['dataset']} {row['method']} {row['structure']} {row['distribution']} "
             f"{row['sparsity']:.2f} seed {row['seed']}: {row['accuracy']:.4f} ({row['wall_time_s']:.0f} s)",
             flush=True,
         )
@@ -235,36 +319,41 @@ def _record_all(rows: Iterable[dict[str, Any]], csv_path: Path, total: int) -> N
 
 def aggregate(rows: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
     """Mean and sample standard deviation of the accuracy over seeds, per cell of the grid."""
+    fields = ("dataset", "model", "steps", "method", "structure", "keep_dense", "distribution", "sparsity")
     cells: dict[tuple, list[dict[str, Any]]] = {}
     for row in rows:
-        cells.setdefault(
-            (row["dataset"], row["model"], row["steps"], row["method"], row["distribution"], row["sparsity"]), []
-        ).append(row)
+        cells.setdefault(tuple(row[name] for name in fields), []).append(row)
     table = []
-    for (dataset, model, steps, method, distribution, sparsity), group in sorted(cells.items()):
+    for cell, group in sorted(cells.items()):
         accuracies = [row["accuracy"] for row in group]
         table.append(
             {
-                "dataset": dataset,
-                "model": model,
-                "steps": steps,
-                "method": method,
-                "distribution": distribution,
-                "sparsity": sparsity,
+                **dict(zip(fields, cell, strict=True)),
                 "seeds": len(group),
                 "mean": statistics.mean(accuracies),
                 "std": statistics.stdev(accuracies) if len(accuracies) > 1 else 0.0,
+                "measured_sparsity": statistics.mean(row["measured_sparsity"] for row in group),
                 "training_flops_ratio": statistics.mean(row["training_flops_ratio"] for row in group),
             }
         )
     return table
 
 
+def difference(better: dict[str, Any], worse: dict[str, Any]) -> dict[str, Any]:
+    """``better``'s mean accuracy minus ``worse``'s, in points and in standard errors of the difference.
+
+    The standard error is ``sqrt(std_a^2 / n_a + std_b^2 / n_b)``, so a reader can see which gaps
+    exceed seed noise (``None`` when both cells have no spread).
+    """
+    margin = better["mean"] - worse["mean"]
+    noise = (better["std"] ** 2 / better["seeds"] + worse["std"] ** 2 / worse["seeds"]) ** 0.5
+    return {"margin_points": 100 * margin, "margin_in_std_errors": margin / noise if noise > 0 else None}
+
+
 def orderings(table: Sequence[dict[str, Any]], high: float = 0.9) -> list[dict[str, Any]]:
     """At each sparsity >= ``high``: is each dynamic method and gradual magnitude above static random masks?
 
-    Margins are in accuracy points and in units of the pooled standard deviation of the two means,
-    ``sqrt(std_a^2 / n_a + std_b^2 / n_b)``, so a reader can see which gaps exceed seed noise.
+    Margins are in accuracy points and in standard errors of the difference (:func:`difference`).
     """
     cells = {(c["dataset"], c["distribution"], c["sparsity"], c["method"]): c for c in table}
     checks = []
@@ -272,24 +361,34 @@ def orderings(table: Sequence[dict[str, Any]], high: float = 0.9) -> list[dict[s
         static = cells.get((dataset, distribution, sparsity, "static"))
         if sparsity < high or static is None or method not in (*DYNAMIC, "gradual_magnitude"):
             continue
-        margin = cell["mean"] - static["mean"]
-        noise = (cell["std"] ** 2 / cell["seeds"] + static["std"] ** 2 / static["seeds"]) ** 0.5
+        margin = difference(cell, static)
         checks.append(
             {
                 "dataset": dataset,
                 "distribution": distribution,
                 "sparsity": sparsity,
                 "claim": f"{method} > static",
-                "holds": margin > 0,
-                "margin_points": 100 * margin,
-                "margin_in_std_errors": margin / noise if noise > 0 else None,
+                "holds": margin["margin_points"] > 0,
+                **margin,
             }
         )
     return checks
 
 
-def markdown(table: Sequence[dict[str, Any]]) -> str:
-    """One table per data set: methods as rows, ``distribution sparsity`` as columns, ``mean ± std`` in %."""
+def method_label(cell: dict[str, Any]) -> str:
+    """A cell's row in the sweep's tables and plots: its method."""
+    return cell["method"]
+
+
+def markdown(
+    table: Sequence[dict[str, Any]],
+    label: Callable[[dict[str, Any]], str] = method_label,
+    order: Sequence[str] = TABLE_ORDER,
+) -> str:
+    """One table per data set: ``label(cell)`` as rows, in ``order``; ``distribution sparsity`` as columns.
+
+    Each entry is ``mean ± std`` in %.
+    """
     lines = []
     for dataset in sorted({c["dataset"] for c in table}):
         cells = [c for c in table if c["dataset"] == dataset]
@@ -303,11 +402,11 @@ def markdown(table: Sequence[dict[str, Any]]) -> str:
             if cell["method"] == "dense":
                 dense = f"{100 * cell['mean']:.1f} ± {100 * cell['std']:.1f}"
                 lines.append(f"| dense | {dense} (all columns) |" + " |" * (len(columns) - 1))
-        by_key = {(c["method"], c["distribution"], c["sparsity"]): c for c in sparse}
-        for method in [m for m in TABLE_ORDER if any(c["method"] == m for c in sparse)]:
-            row = [by_key.get((method, d, s)) for d, s in columns]
+        by_key = {(label(c), c["distribution"], c["sparsity"]): c for c in sparse}
+        for name in [n for n in order if any(label(c) == n for c in sparse)]:
+            row = [by_key.get((name, d, s)) for d, s in columns]
             lines.append(
-                f"| {method} | "
+                f"| {name} | "
                 + " | ".join("" if c is None else f"{100 * c['mean']:.1f} ± {100 * c['std']:.1f}" for c in row)
                 + " |"
             )
@@ -315,8 +414,12 @@ def markdown(table: Sequence[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def plot(record: dict[str, Any]) -> Figure:
-    """Accuracy against sparsity: one panel per data set and distribution, one line per method."""
+def plot(
+    record: dict[str, Any],
+    label: Callable[[dict[str, Any]], str] = method_label,
+    order: Sequence[str] = TABLE_ORDER,
+) -> Figure:
+    """Accuracy against sparsity: one panel per data set and distribution, one line per ``label`` in ``order``."""
     import matplotlib.pyplot as plt
 
     table = record["table"]
@@ -337,12 +440,13 @@ def plot(record: dict[str, Any]) -> Figure:
                         color="black",
                         alpha=0.08,
                     )
-            for method in TABLE_ORDER:
+            for name in order:
                 cells = sorted(
                     (
                         c
                         for c in table
-                        if (c["dataset"], c["distribution"], c["method"]) == (dataset, distribution, method)
+                        if (c["dataset"], c["distribution"], label(c)) == (dataset, distribution, name)
+                        and c["method"] != "dense"
                     ),
                     key=lambda c: c["sparsity"],
                 )
@@ -353,7 +457,7 @@ def plot(record: dict[str, Any]) -> Figure:
                         yerr=[100 * c["std"] for c in cells],
                         marker="o",
                         capsize=3,
-                        label=method,
+                        label=name,
                     )
             ax.set_title(f"{dataset}, {distribution}")
             ax.set_xlabel("sparsity (%)")

@@ -352,12 +352,10 @@ def _build(settings: Settings) -> SparseAlgorithm:
     phases_per_round = 1 if parallel else kappa
     rounds = options["gap_rounds"] or max(1, min(10, window // (phases_per_round * settings.update_every)))
     steps = options["gap_steps_per_phase"] or max(1, window // (phases_per_round * rounds) - int(parallel))
-    shared = dict(partitions=kappa, rounds=rounds, distribution=settings.distribution)
+    shared = dict(partitions=kappa, rounds=rounds, **settings.layout_keywords())
     if parallel:
-        return parallel_gap(
-            settings.sparsity, steps_per_round=steps, dense_first_layer=settings.dense_first_layer, **shared
-        )
-    return gap(settings.sparsity, steps_per_phase=steps, dense_first_layer=settings.dense_first_layer, **shared)
+        return parallel_gap(settings.sparsity, steps_per_round=steps, **shared)
+    return gap(settings.sparsity, steps_per_phase=steps, **shared)
 
 
 register(

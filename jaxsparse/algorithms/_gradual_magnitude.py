@@ -189,6 +189,7 @@ def gradual_magnitude(
       Zhu & Gupta, "To prune, or not to prune", 2017.
     """
     layout = make_layout(sparsity, distribution, layout_options)
+    sparsity = layout.sparsity  # None under N:M: the structure's
     if not 0.0 <= initial_sparsity <= sparsity:
         raise ValueError(f"initial_sparsity={initial_sparsity!r} must be in [0, sparsity={sparsity}].")
     return GradualMagnitude(

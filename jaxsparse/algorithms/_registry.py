@@ -52,13 +52,13 @@ class Settings(NamedTuple):
 
     def factory_keywords(self) -> dict[str, Any]:
         """The shared settings as factory keywords: the layout's, and the mask-update grid's."""
-        keywords = dict(
-            distribution=self.distribution,
-            dense_first_layer=self.dense_first_layer,
-            update_every=self.update_every,
-            begin_step=self.begin_step,
-            end_step=self.end_step,
+        return dict(
+            **self.layout_keywords(), update_every=self.update_every, begin_step=self.begin_step, end_step=self.end_step
         )
+
+    def layout_keywords(self) -> dict[str, Any]:
+        """The layout's settings as factory keywords (structure and keep_dense only when set)."""
+        keywords = dict(distribution=self.distribution, dense_first_layer=self.dense_first_layer)
         if self.keep_dense:
             keywords["keep_dense"] = self.keep_dense
         if self.structure is not None:

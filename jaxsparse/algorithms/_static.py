@@ -79,7 +79,7 @@ def static(
 
 
 def _build(settings: Settings) -> Static:
-    return static(settings.sparsity, distribution=settings.distribution, dense_first_layer=settings.dense_first_layer)
+    return static(settings.sparsity, **settings.layout_keywords())
 
 
 register(Method("static", _build, "random masks at init, never changed", updates_masks=False))
