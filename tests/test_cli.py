@@ -32,7 +32,7 @@ def test_help_lists_every_setting(capsys):
     text = capsys.readouterr().out
     for flag in ("--method", "--sparsity", "--distribution", "--dataset", "--model", "--steps", "--resume", "--config"):
         assert flag in text
-    assert "rigl" in text and "(default: 0.9)" in text
+    assert "rigl" in text and "default: 0.9" in text and "--structure" in text and "--keep-dense" in text
 
 
 @pytest.mark.parametrize(
@@ -43,6 +43,10 @@ def test_help_lists_every_setting(capsys):
         (["train", "--steps", "ten"], "argument --steps: invalid int value: 'ten'"),
         (["train", "--sparsity", "1.5"], "sparsity=1.5 is invalid: must be in [0, 1)"),
         (["train", "--resume", "/nonexistent/run"], "--resume /nonexistent/run: no such folder"),
+        (["train", "--structure", "2:4", "--sparsity", "0.9"], "sparsity=0.9 conflicts with structure='2:4'"),
+        (["train", "--structure", "2-4"], "unknown structure '2-4'; choose one of unstructured, N:M"),
+        (["train", "--method", "srigl", "--structure", "2:4"], "srigl needs the constant fan-in structure"),
+        (["train", "--keep-dense", "Conv["], "keep_dense='Conv[' is not a regular expression"),
     ],
 )
 def test_bad_flags_exit_with_a_clear_message(argv, message, capsys):
@@ -109,6 +113,20 @@ def test_a_registered_algorithm_trains_from_the_command_line(tmp_path, capsys):
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["config"]["method"] == "averaged_growth"
     assert 0 < summary["flops"]["training_ratio"] < 1
+
+
+def test_structures_from_the_command_line(tmp_path, capsys):
+    """--structure 2:4 implies 50%; a structure that does not divide LeNet-5's convs names the layer and the flag."""
+    assert main(["train", *FLAGS, "--structure", "2:4", "--out", str(tmp_path / "nm"), "--quiet"]) == 0
+    summary = json.loads((tmp_path / "nm" / "summary.json").read_text())
+    assert (summary["config"]["structure"], summary["config"]["sparsity"]) == ("2:4", 0.5)
+    assert {layer["sparsity"] for layer in summary["layers"] if layer["name"].endswith("kernel")} == {0.5}
+    with pytest.raises(SystemExit) as exit_:
+        main(["train", "--model", "lenet5", "--structure", "2:4", "--steps", "2", "--out", str(tmp_path / "x")])
+    assert exit_.value.code == 2
+    error = capsys.readouterr().err
+    assert "parameter 'Conv_0/kernel': 2:4 structure groups axis 1 of shape (5, 1, 6)" in error
+    assert "--keep-dense PATTERN keeps layers dense" in error
 
 
 def test_method_options_are_flags(capsys):

@@ -376,3 +376,17 @@ def test_unstructured_is_the_default_bit_for_bit():
     new = jax.jit(explicit.update)(params, masks, grads, 0, jax.random.key(1))
     for m, plan in zip(jax.tree.leaves(new), [p for p in plain.plan(params) if p], strict=True):
         assert m.shape == plan.shape and int(m.sum()) == plan.size - int(np.floor(plan.sparsity * plan.size))
+
+
+def test_handed_in_masks_are_checked_per_row():
+    """A 2:4 mask with the right total but a 3-and-1 group is refused, naming the row."""
+    params = {"w": jnp.ones((8, 2))}
+    algo = jsp.rigl(None, structure=NM(2, 4), end_step=10)
+    good = np.zeros((8, 2), bool)
+    good[[0, 1, 4, 5], :] = True
+    jsp.sparsify(optax.sgd(0.1), algo, key=jax.random.key(0), masks={"w": jnp.asarray(good)}).init(params)
+    bad = good.copy()
+    bad[2, 0], bad[4, 0] = True, False  # group 0 of column 0 has 3, group 1 has 1: total still 8
+    tx = jsp.sparsify(optax.sgd(0.1), algo, key=jax.random.key(0), masks={"w": jnp.asarray(bad)})
+    with pytest.raises(ValueError, match=r"'w' has 3 active entries in row 0 of its 4 \(NM\(n=2, m=4"):
+        tx.init(params)

@@ -98,7 +98,8 @@ class StructuredRigL(SparseAlgorithm):
         if not all(isinstance(s, FanIn) for s in structures_of(self.layout.structure)):
             raise ValueError(
                 f"srigl needs the constant fan-in structure on every layer, got {self.layout.structure!r}: "
-                "build it with jaxsparse.srigl(...), which sets structure=FanIn()."
+                "build it with jaxsparse.srigl(...), which sets structure=FanIn() (on the command line, leave "
+                "--structure out or pass fan_in)."
             )
 
     def init_masks(self, params: Params, key: jax.Array) -> Masks:

@@ -115,6 +115,10 @@ class Structure(abc.ABC):
         """Active entries per row at ``sparsity``: ``row_size - floor(sparsity * row_size)``."""
         return row_size - zeros_count(sparsity, row_size)
 
+    def row_sums(self, mask: jax.Array) -> jax.Array:
+        """The number of ``True`` entries in each row of a mask of ``mask_shape`` (shape ``(rows,)``)."""
+        return jnp.sum(mask, dtype=jnp.int32).reshape(1)
+
     @property
     def fixed_sparsity(self) -> float | None:
         """The sparsity the structure itself fixes (N:M's ``1 - N/M``); ``None`` if any sparsity fits."""
@@ -455,6 +459,9 @@ class NM(Structure):
     def rows(self, mask_shape: tuple[int, ...]) -> int:
         return math.prod(mask_shape) // self.m
 
+    def row_sums(self, mask: jax.Array) -> jax.Array:
+        return jnp.sum(self._grouped(mask), axis=-1, dtype=jnp.int32).reshape(-1)
+
     def row_count(self, sparsity: float, row_size: int) -> int:
         del sparsity, row_size
         return self.n
@@ -540,6 +547,9 @@ class FanIn(Structure):
                 "this leaf dense."
             )
         return k
+
+    def row_sums(self, mask: jax.Array) -> jax.Array:
+        return jnp.sum(self._neurons(mask), axis=-1, dtype=jnp.int32)
 
     def _neurons(self, x: jax.Array) -> jax.Array:
         """``x`` as ``(out, fan_in)``: one row per neuron."""

@@ -8,7 +8,7 @@ import optax
 import jaxsparse as jsp
 from jaxsparse.algorithms import lookup
 from jaxsparse.masks import default_filter, leaf_name
-from jaxsparse.training._config import Config
+from jaxsparse.training._config import Config, ConfigError
 
 __all__ = ["make_algorithm", "make_optimizer"]
 
@@ -23,13 +23,20 @@ def make_algorithm(config: Config) -> jsp.SparseAlgorithm | None:
     Every dynamic method updates masks on the grid ``begin_step, begin_step + update_every, ...``
     up to :attr:`Config.mask_end_step` (75% of training unless set, as in RigL).
 
+    Raises:
+      ConfigError: the method refuses these settings (e.g. ``srigl`` at a structure other than
+        ``fan_in``); the message is the method's.
+
     Example:
       >>> make_algorithm(Config(method="rigl", steps=1000)).schedule.end_step
       750
     """
     if config.method == "dense":
         return None
-    return lookup(config.method).build(config.settings())
+    try:
+        return lookup(config.method).build(config.settings())
+    except ValueError as error:
+        raise ConfigError(f"--method {config.method} with structure={config.structure!r}: {error}") from None
 
 
 def learning_rate_schedule(config: Config) -> optax.Schedule:

@@ -185,13 +185,16 @@ def _check_handed_in(
             ):
                 if plan is None:
                     continue
-                expected, actual = int(np.count_nonzero(np.asarray(want))), int(np.count_nonzero(np.asarray(got)))
-                if expected != actual:
+                expected = np.asarray(plan.structure.row_sums(jnp.asarray(want)))
+                actual = np.asarray(plan.structure.row_sums(jnp.asarray(got)))
+                if (expected != actual).any():
+                    row = int(np.flatnonzero(expected != actual)[0])
+                    where = "" if plan.rows == 1 else f" in row {row} of its {plan.rows} ({plan.structure!r})"
                     raise ValueError(
-                        f"the mask handed in for {plan.name!r} has {actual} active entries, but {algorithm.name}'s "
-                        f"layout keeps exactly {expected} of {plan.size}: compute the masks for this algorithm's "
-                        "layout (its sparsity, distribution and structure), or build the algorithm with the layout "
-                        "the masks were made for."
+                        f"the mask handed in for {plan.name!r} has {actual[row]} active entries{where}, but "
+                        f"{algorithm.name}'s layout keeps exactly {expected[row]} of {plan.row_size}: compute the "
+                        "masks for this algorithm's layout (its sparsity, distribution and structure), or build "
+                        "the algorithm with the layout the masks were made for."
                     )
     if state is None:
         return
