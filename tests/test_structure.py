@@ -346,21 +346,23 @@ def test_per_layer_structure_mapping_and_unmatched_leaves():
 
 @pytest.mark.parametrize("structure", list(STRUCTURES.values()), ids=list(STRUCTURES))
 def test_sharded_group_masks_equal_the_single_device_masks(structure):
-    """Each kernel sharded on each axis in turn over 8 devices: init and a RigL update give the same masks."""
-    algo = jsp.rigl(0.5 if not isinstance(structure, NM) else None, structure=structure, distribution="uniform",
-                    update_every=1, end_step=10)  # fmt: skip
+    """Kernels sharded on each axis in turn over 8 devices, group masks sharded too: the same masks as one device."""
+    sparsity = None if isinstance(structure, NM) else 0.5
+    algo = jsp.rigl(sparsity, structure=structure, distribution="uniform", update_every=1, end_step=10)
     params = {"w": jax.random.normal(jax.random.key(0), (64, 32))}
     grads = {"w": jax.random.normal(jax.random.key(1), (64, 32))}
-
-    def masks_of(params, grads):
-        masks = algo.init_masks(params, jax.random.key(2))
-        return masks, algo.update(params, masks, grads, 0, jax.random.key(3))
-
-    single = jax.jit(masks_of)(params, grads)
+    init = jax.jit(lambda p: algo.init_masks(p, jax.random.key(2)))
+    update = jax.jit(lambda p, m, g: algo.update(p, m, g, 0, jax.random.key(3)))
+    masks = init(params)
+    single = (masks, update(params, masks, grads))
     mesh = jax.make_mesh((8,), ("x",), axis_types=(AxisType.Auto,))
     for spec in (P("x", None), P(None, "x")):
         sharding = NamedSharding(mesh, spec)
-        sharded = jax.jit(masks_of)(jax.device_put(params, sharding), jax.device_put(grads, sharding))
+        sharded_params, sharded_grads = jax.device_put(params, sharding), jax.device_put(grads, sharding)
+        masks = init(sharded_params)
+        # The group-level mask itself sharded over the devices (a (32,) channel mask: 4 per device).
+        masks = jax.device_put(masks, NamedSharding(mesh, P("x", *([None] * (masks["w"].ndim - 1)))))
+        sharded = (masks, update(sharded_params, masks, sharded_grads))
         for a, b in zip(jax.tree.leaves(single), jax.tree.leaves(sharded), strict=True):
             np.testing.assert_array_equal(np.asarray(a), np.asarray(b), err_msg=str(spec))
 
