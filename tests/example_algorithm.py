@@ -62,8 +62,8 @@ class AveragedGradientGrowth(SparseAlgorithm):
             # Counts per row and plan.select keep the rule exact at any structure (blocks, N:M, fan-in).
             dropped = drop_count(plan.row_active, constant_drop_fraction(self.drop_fraction)(step))
             magnitude, average = plan.structure.group_scores(jnp.abs(p)), plan.structure.group_scores(a)
-            kept = plan.select(magnitude, plan.row_active - dropped, candidates=m, tie_seed=keep_seed)
-            new.append(kept | plan.select(average, dropped, candidates=~kept, tie_seed=grow_seed))
+            kept = plan.structure.select(magnitude, plan.row_active - dropped, candidates=m, tie_seed=keep_seed)
+            new.append(kept | plan.structure.select(average, dropped, candidates=~kept, tie_seed=grow_seed))
         return masks_from_leaves(params, new), state
 
     def training_flops(self, flops, forward_density, trainable_density, total_steps, names, plans):

@@ -113,13 +113,13 @@ class DropAndGrow(SparseAlgorithm):
                 continue
             drop_key, grow_key, keep_ties, grow_ties = jax.random.split(layer_key(key, index), 4)
             dropped = drop_count(plan.row_active, fraction)
-            kept = plan.select(
+            kept = plan.structure.select(
                 plan.structure.group_scores(self.drop_score(param, grad, drop_key)),
                 plan.row_active - dropped,
                 candidates=mask,
                 tie_seed=jax.random.bits(keep_ties, (), jnp.uint32),
             )
-            grown = plan.select(
+            grown = plan.structure.select(
                 plan.structure.group_scores(self.grow_score(param, grad, grow_key)),
                 dropped,
                 candidates=~kept,

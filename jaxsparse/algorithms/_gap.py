@@ -205,7 +205,7 @@ class GrowAndPrune(SparseAlgorithm):
             if plans[i].zeros == 0:  # a layer the distribution saturated to dense stays dense
                 new_leaves[i] = mask
                 continue
-            pruned = plans[i].select(scores[i], plans[i].row_active, tie_seed=seeds[i])
+            pruned = plans[i].structure.select(scores[i], plans[i].row_active, tie_seed=seeds[i])
             kept = jnp.where(owners[i] == dense, pruned, mask)
             new_leaves[i] = jnp.where(owners[i] == grown, jnp.ones_like(mask), kept)
         if self.final_scope == "global":  # the final prune shares one threshold over every layer

@@ -97,7 +97,7 @@ class GradualMagnitude(SparseAlgorithm):
                 row = plan.row_size
                 ramp = row - jnp.floor(ratio * plan.sparsity * row).astype(jnp.int32)
                 count = jnp.where(at_end, plan.row_active, jnp.clip(ramp, plan.row_active, row))
-                kept.append(plan.select(score, count, candidates=candidate, tie_seed=seed))
+                kept.append(plan.structure.select(score, count, candidates=candidate, tie_seed=seed))
         new_leaves = [None] * len(plans)
         for i, mask in zip(indices, kept, strict=True):
             new_leaves[i] = mask

@@ -66,7 +66,7 @@ SR_STE_DECAY = 2e-4
 def magnitude_masks(params: Params, plans: Sequence[LayerPlan | None]) -> list[jax.Array | None]:
     """Per leaf, the plan's count of largest ``|theta|`` entries per row (ties by position, seed 0)."""
     return [
-        None if plan is None else plan.select(plan.structure.group_scores(jnp.abs(p)), plan.row_active)
+        None if plan is None else plan.structure.select(plan.structure.group_scores(jnp.abs(p)), plan.row_active)
         for plan, p in zip(plans, jax.tree.leaves(params), strict=True)
     ]
 

@@ -206,7 +206,7 @@ def _prune(plan: LayerPlan, value: jax.Array) -> jax.Array:
     """The ``plan.row_active`` largest ``|value|`` groups per row (ties by position: seed 0 on every replica)."""
     if plan.zeros == 0:
         return jnp.ones(plan.mask_shape, bool)
-    return plan.select(plan.structure.group_scores(jnp.abs(value)), plan.row_active, tie_seed=0)
+    return plan.structure.select(plan.structure.group_scores(jnp.abs(value)), plan.row_active, tie_seed=0)
 
 
 def parallel_gap(

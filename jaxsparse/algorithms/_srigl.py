@@ -128,8 +128,8 @@ class StructuredRigL(SparseAlgorithm):
         n_alive = jnp.sum(alive, dtype=jnp.int32)
         fan_in = jnp.minimum(budget // jnp.maximum(n_alive, 1), n_in)
         keep = jnp.where(alive, jnp.minimum(per_neuron - drop_count_rows(per_neuron, fraction), fan_in), 0)
-        row_kept = plan.select(magnitude, keep, candidates=mask, tie_seed=_seed(row_keep_key))
-        row_grown = plan.select(
+        row_kept = plan.structure.select(magnitude, keep, candidates=mask, tie_seed=_seed(row_keep_key))
+        row_grown = plan.structure.select(
             growth, jnp.where(alive, fan_in - keep, 0), candidates=~row_kept, tie_seed=_seed(row_grow_key)
         )
         return row_kept | row_grown

@@ -151,8 +151,8 @@ class TopKast(SparseAlgorithm):
             seed = jax.random.bits(layer_key(key, index), (), jnp.uint32)
             # One score array and one tie seed give one total order, so A (a shorter prefix of
             # it) is always inside B, even among tied magnitudes.
-            forward.append(a_plan.select(scores, a_plan.row_active, tie_seed=seed))
-            backward.append(a_plan.select(scores, max(a_plan.row_active, b_plan.row_active), tie_seed=seed))
+            forward.append(a_plan.structure.select(scores, a_plan.row_active, tie_seed=seed))
+            backward.append(a_plan.structure.select(scores, max(a_plan.row_active, b_plan.row_active), tie_seed=seed))
         return MaskPair(masks_from_leaves(params, forward), masks_from_leaves(params, backward))
 
     def init_masks(self, params: Params, key: jax.Array) -> MaskPair:

@@ -158,17 +158,6 @@ class LayerPlan:
         """``size - active`` (``floor(S_l * N_l)`` for one row)."""
         return self.size - self.active
 
-    def select(
-        self,
-        scores: jax.Array,
-        count: jax.typing.ArrayLike,
-        *,
-        candidates: jax.Array | None = None,
-        tie_seed: jax.typing.ArrayLike = 0,
-    ) -> jax.Array:
-        """The ``count`` best entries per row of the mask-shaped group ``scores`` (``Structure.select``)."""
-        return self.structure.select(scores, count, candidates=candidates, tie_seed=tie_seed)
-
 
 StructureSpec = Structure | tuple[tuple[str, Structure], ...]
 """One structure for every sparsified leaf, or ``(pattern, structure)`` pairs: the first pattern

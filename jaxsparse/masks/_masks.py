@@ -155,5 +155,5 @@ def random_masks(key: jax.Array, params: Params, plans: Sequence[LayerPlan | Non
             continue
         bits = plan.structure.group_scores(scores.random(param, None, jax.random.fold_in(key, index)))
         tie_seed = jax.random.bits(jax.random.fold_in(tie_root, index), (), jnp.uint32)
-        leaves.append(plan.select(bits, plan.row_active, tie_seed=tie_seed))
+        leaves.append(plan.structure.select(bits, plan.row_active, tie_seed=tie_seed))
     return masks_from_leaves(params, leaves)

@@ -362,22 +362,19 @@ class Blocks(Structure):
         return mask
 
 
-def _row_select(
-    keys: jax.Array, rows: jax.Array, count: jax.typing.ArrayLike, candidates: jax.Array | None, tie_seed
-) -> jax.Array:
-    """Exact per-row top-``count`` of ``keys`` (``uint32``), rows given as ``(R, L)`` index views.
+def _row_select(keys: jax.Array, positions: jax.Array, count, candidates: jax.Array | None, tie_seed) -> jax.Array:
+    """Exact per-row top-``count`` of ``(R, L)`` ``uint32`` keys; ``positions`` are the entries' flat mask positions.
 
-    ``keys`` and ``rows`` come from the same row view; the order is the library's: key, then the
-    keyed hash of the flat position in the mask (``rows`` carries those positions).
+    The order is the library's: key, then the keyed hash of the position ``mix32(position ^ seed)``.
     """
     seed = jnp.asarray(tie_seed).astype(jnp.uint32)
     counted = jnp.maximum(keys, jnp.uint32(1))
     if candidates is not None:
         counted = jnp.where(candidates, counted, jnp.uint32(0))
-    priority = mix32(rows ^ seed)
+    priority = mix32(positions ^ seed)
     length = keys.shape[-1]
     if length <= 32:
-        # Small rows (N:M groups): rank by pairwise comparison, M comparisons per weight.
+        # Small rows (N:M groups): rank by pairwise comparison, L comparisons per weight.
         a_key, b_key = counted[..., :, None], counted[..., None, :]
         a_pri, b_pri = priority[..., :, None], priority[..., None, :]
         beaten_by = (b_key > a_key) | ((b_key == a_key) & (b_pri > a_pri))
@@ -387,17 +384,49 @@ def _row_select(
         iota = lax.broadcasted_iota(jnp.int32, keys.shape, keys.ndim - 1)
         _, _, order = lax.sort((counted, priority, iota), dimension=keys.ndim - 1, num_keys=2)
         descending = length - 1 - lax.broadcasted_iota(jnp.int32, keys.shape, keys.ndim - 1)
-        rank = jnp.zeros(keys.shape, jnp.int32)
-        rank = jnp.put_along_axis(rank, order, descending, axis=-1, inplace=False)
+        rank = jnp.put_along_axis(jnp.zeros(keys.shape, jnp.int32), order, descending, axis=-1, inplace=False)
     count = jnp.asarray(count, jnp.int32)
     if count.ndim:
         count = count.reshape(count.shape + (1,) * (keys.ndim - count.ndim))
     return (rank < count) & (counted != 0)
 
 
+class _RowWise(Structure):
+    """A structure whose groups are single weights and whose counts hold per row of a row view.
+
+    Subclasses give the view: ``_rows(x)`` is ``x`` (of the parameter's shape) as ``(..., L)`` rows,
+    and ``_unrows(rows, shape)`` its inverse. The mask is stored at element size.
+    """
+
+    row_wise: typing.ClassVar[bool] = True
+
+    @abc.abstractmethod
+    def _rows(self, x: jax.Array) -> jax.Array: ...
+
+    @abc.abstractmethod
+    def _unrows(self, rows: jax.Array, shape: tuple[int, ...]) -> jax.Array: ...
+
+    def group_scores(self, scores: jax.Array) -> jax.Array:
+        return scores
+
+    def expand(self, mask: jax.Array, shape: tuple[int, ...]) -> jax.Array:
+        return mask
+
+    def row_sums(self, mask: jax.Array) -> jax.Array:
+        return jnp.sum(self._rows(mask), axis=-1, dtype=jnp.int32).reshape(-1)
+
+    def select(self, scores, count, *, candidates=None, tie_seed=0):
+        """The ``count`` best entries of every row (``count``: a scalar or one per row), exact, ties by position."""
+        scores = jnp.asarray(scores)
+        keys = self._rows(order_keys(scores))
+        positions = self._rows(flat_positions(scores, jnp.uint32))
+        valid = None if candidates is None else self._rows(candidates)
+        return self._unrows(_row_select(keys, positions, count, valid, tie_seed), scores.shape)
+
+
 @typing.final
 @dataclasses.dataclass(frozen=True)
-class NM(Structure):
+class NM(_RowWise):
     """N:M semi-structured sparsity: exactly ``n`` of every ``m`` consecutive weights along an axis are on.
 
     NVIDIA's sparse tensor cores (Ampere and later) run 2:4 on the reduction dimension of a matrix
@@ -406,15 +435,14 @@ class NM(Structure):
     a ``(in, out)`` dense kernel, the input-channel axis of a ``(H, W, I, O)`` conv kernel (as the
     SR-STE code groups convs along input channels). Kernels laid out otherwise need ``axis=``
     (flax's attention: 0 for ``(features, heads, head_dim)``, 1 for the ``(heads, head_dim,
-    features)`` output projection). The mask is stored at
-    element size and every group is its own row, so each has exactly ``n`` entries on; ``1 - n/m``
-    is the sparsity of every layer, so a layer distribution does not apply and a layout asking for
-    another sparsity is an error.
+    features)`` output projection). The mask is stored at element size and every group is its own
+    row, so each has exactly ``n`` entries on; ``1 - n/m`` is the sparsity of every layer, so a layer
+    distribution does not apply and a layout asking for another sparsity is an error.
 
     Attributes:
       n: weights kept per group.
       m: group size (the axis size must be a multiple of ``m``).
-      axis: the group axis (``None``: the reduction axis above).
+      axis: the group axis (``None``: ``-2``, the input axis).
 
     Example:
       >>> import jax.numpy as jnp
@@ -423,7 +451,6 @@ class NM(Structure):
     """
 
     name: typing.ClassVar[str] = "n:m"
-    row_wise: typing.ClassVar[bool] = True
     n: int = 2
     m: int = 4
     axis: int | None = None
@@ -450,17 +477,8 @@ class NM(Structure):
         self._group_axis(shape)
         return tuple(shape)
 
-    def group_scores(self, scores: jax.Array) -> jax.Array:
-        return scores
-
-    def expand(self, mask: jax.Array, shape: tuple[int, ...]) -> jax.Array:
-        return mask
-
     def rows(self, mask_shape: tuple[int, ...]) -> int:
         return math.prod(mask_shape) // self.m
-
-    def row_sums(self, mask: jax.Array) -> jax.Array:
-        return jnp.sum(self._grouped(mask), axis=-1, dtype=jnp.int32).reshape(-1)
 
     def row_count(self, sparsity: float, row_size: int) -> int:
         del sparsity, row_size
@@ -474,28 +492,20 @@ class NM(Structure):
         """``n' : m`` with ``n' = m - floor(sparsity * m)`` (at least ``n``), e.g. 3:4 at 25%."""
         return NM(max(self.n, self.m - zeros_count(sparsity, self.m)), self.m, self.axis)
 
-    def _grouped(self, x: jax.Array) -> jax.Array:
-        """``x`` viewed as ``(..., groups, m)`` with the group axis last (a transpose and a reshape)."""
+    def _rows(self, x: jax.Array) -> jax.Array:
+        """``x`` as ``(..., groups, m)`` with the group axis last (a transpose and a reshape)."""
         axis = self._group_axis(x.shape)
         moved = jnp.moveaxis(x, axis, -1)
         return moved.reshape(moved.shape[:-1] + (x.shape[axis] // self.m, self.m))
 
-    def _ungrouped(self, grouped: jax.Array, shape: tuple[int, ...]) -> jax.Array:
+    def _unrows(self, rows: jax.Array, shape: tuple[int, ...]) -> jax.Array:
         axis = self._group_axis(shape)
-        moved = grouped.reshape(grouped.shape[:-2] + (shape[axis],))
-        return jnp.moveaxis(moved, -1, axis)
-
-    def select(self, scores, count, *, candidates=None, tie_seed=0):
-        """Per group of ``m``: the ``count`` best (``count`` a scalar; N:M uses ``n``), exact, ties by position."""
-        keys = self._grouped(order_keys(jnp.asarray(scores)))
-        positions = self._grouped(flat_positions(scores, jnp.uint32))
-        valid = None if candidates is None else self._grouped(candidates)
-        return self._ungrouped(_row_select(keys, positions, count, valid, tie_seed), scores.shape)
+        return jnp.moveaxis(rows.reshape(rows.shape[:-2] + (shape[axis],)), -1, axis)
 
 
 @typing.final
 @dataclasses.dataclass(frozen=True)
-class FanIn(Structure):
+class FanIn(_RowWise):
     """Constant fan-in: every output neuron keeps exactly ``k`` active inputs (SRigL, Lasby et al. 2024).
 
     A neuron is one index of the last axis: a column of a ``(in, out)`` dense kernel, a filter of an
@@ -514,7 +524,6 @@ class FanIn(Structure):
     """
 
     name: typing.ClassVar[str] = "fan_in"
-    row_wise: typing.ClassVar[bool] = True
 
     def mask_shape(self, shape: tuple[int, ...]) -> tuple[int, ...]:
         if len(shape) < 2:
@@ -523,12 +532,6 @@ class FanIn(Structure):
                 "keep this leaf dense (keep_dense=...) or use the unstructured default."
             )
         return tuple(shape)
-
-    def group_scores(self, scores: jax.Array) -> jax.Array:
-        return scores
-
-    def expand(self, mask: jax.Array, shape: tuple[int, ...]) -> jax.Array:
-        return mask
 
     def rows(self, mask_shape: tuple[int, ...]) -> int:
         return mask_shape[-1]
@@ -548,18 +551,9 @@ class FanIn(Structure):
             )
         return k
 
-    def row_sums(self, mask: jax.Array) -> jax.Array:
-        return jnp.sum(self._neurons(mask), axis=-1, dtype=jnp.int32)
-
-    def _neurons(self, x: jax.Array) -> jax.Array:
+    def _rows(self, x: jax.Array) -> jax.Array:
         """``x`` as ``(out, fan_in)``: one row per neuron."""
         return jnp.moveaxis(x.reshape(-1, x.shape[-1]), -1, 0)
 
-    def select(self, scores, count, *, candidates=None, tie_seed=0):
-        """Per neuron: the ``count`` best inputs (a scalar, or one count per neuron), exact, ties by position."""
-        scores = jnp.asarray(scores)
-        keys = self._neurons(order_keys(scores))
-        positions = self._neurons(flat_positions(scores, jnp.uint32))
-        valid = None if candidates is None else self._neurons(candidates)
-        chosen = _row_select(keys, positions, count, valid, tie_seed)
-        return jnp.moveaxis(chosen, 0, -1).reshape(scores.shape)
+    def _unrows(self, rows: jax.Array, shape: tuple[int, ...]) -> jax.Array:
+        return jnp.moveaxis(rows, 0, -1).reshape(shape)
