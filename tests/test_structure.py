@@ -67,12 +67,17 @@ def _build(name: str, structure_name: str):
 
 
 def _matrix():
+    """Every method at every structure; input channels (output channels' code on another axis) and 1:4 with a few."""
     for method in jsp.algorithms.registered():
         own = OWN_STRUCTURE.get(method.name)
-        for structure_name in [own] if own else STRUCTURES:
+        for structure_name in [own] if own else [name for name in STRUCTURES if name != "input_channel"]:
             yield method.name, structure_name
-    yield "nm_sr_ste", "1:4"
-    yield "rigl", "1:4"
+    yield from [
+        ("rigl", "input_channel"),
+        ("gradual_magnitude", "input_channel"),
+        ("nm_sr_ste", "1:4"),
+        ("rigl", "1:4"),
+    ]
 
 
 @pytest.mark.parametrize(("name", "structure_name"), list(_matrix()))
