@@ -54,9 +54,12 @@ def test_sweep_statistics():
             "model": "m",
             "steps": 1,
             "method": method,
+            "structure": "unstructured",
+            "keep_dense": "",
             "distribution": "erk",
             "sparsity": 0.95,
             "accuracy": accuracy,
+            "measured_sparsity": 0.95,
             "training_flops_ratio": 0.5,
         }
         for method, accuracies in (("static", (0.5, 0.7)), ("rigl", (0.8, 0.8)))

@@ -27,7 +27,7 @@ al. 2024). Margins are in accuracy points and in standard errors of the differen
 
 Rerun from the repository root::
 
-    python -m benchmarks.accuracy.structures --jobs 2    # digits + MNIST-1D, 3 seeds: ~40 min on 2 cores
+    python -m benchmarks.accuracy.structures --jobs 2    # digits + MNIST-1D, 3 seeds: ~22 min on 2 cores
     python -m benchmarks.accuracy.structures --quick     # three tiny runs: seconds (CI)
 """
 

@@ -195,7 +195,9 @@ def plot(record: dict[str, Any]) -> Figure:
         for offset, kind in enumerate(kinds):
             ax.bar(x + (offset - 1) * 0.27, [result[key][label][kind] for label in labels], width=0.27, label=kind)
         ax.axhline(1.0, color="black", linewidth=0.8)
-        ax.set_xticks(x, [label.replace("_", "\n").replace(" ", "\n") for label in labels], fontsize=7)
+        ax.set_xticks(x, [label.replace(" " if " " in label else "_", "\n") for label in labels], fontsize=7)
+        if max(cell["update"] for cell in result[key].values()) > 10:  # a costly update: the rest stays readable
+            ax.set_yscale("log")
         ax.set_ylabel(f"step time / {reference}")
         dense_ms = result["times"]["dense"]["median_ms"]
         ax.set_title(f"{result['workload']} (dense {dense_ms:.1f} ms)", fontsize=9)
