@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 
 import jaxsparse as jsp
-from jaxsparse.algorithms import Method, Settings, SparseAlgorithm, drop_count, layer_key
+from jaxsparse.algorithms import Method, Settings, SparseAlgorithm, drop_and_regrow, drop_count, layer_key
 from jaxsparse.masks import SparsityLayout, mask_leaves, masks_from_leaves, random_masks
 from jaxsparse.schedules import UpdateSchedule, constant_drop_fraction
 
@@ -59,11 +59,10 @@ class AveragedGradientGrowth(SparseAlgorithm):
                 new.append(m)
                 continue
             keep_seed, grow_seed = jax.random.bits(layer_key(key, i), (2,), jnp.uint32)
-            # Counts per row and plan.select keep the rule exact at any structure (blocks, N:M, fan-in).
-            dropped = drop_count(plan.row_active, constant_drop_fraction(self.drop_fraction)(step))
+            # drop_and_regrow keeps the rule exact at any structure (blocks, N:M groups, constant fan-in).
+            dropped = drop_count(plan.active, constant_drop_fraction(self.drop_fraction)(step))
             magnitude, average = plan.structure.group_scores(jnp.abs(p)), plan.structure.group_scores(a)
-            kept = plan.structure.select(magnitude, plan.row_active - dropped, candidates=m, tie_seed=keep_seed)
-            new.append(kept | plan.structure.select(average, dropped, candidates=~kept, tie_seed=grow_seed))
+            new.append(drop_and_regrow(plan, m, magnitude, average, dropped, keep_seed, grow_seed))
         return masks_from_leaves(params, new), state
 
     def training_flops(self, flops, forward_density, trainable_density, total_steps, names, plans):

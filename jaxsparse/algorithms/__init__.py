@@ -17,7 +17,7 @@ from jaxsparse.algorithms._base import (
 )
 from jaxsparse.algorithms._registry import Method, Option, Settings, lookup, register, registered
 from jaxsparse.algorithms._static import Static, static
-from jaxsparse.algorithms._drop_and_grow import DropAndGrow, drop_count, rigl, set_
+from jaxsparse.algorithms._drop_and_grow import DropAndGrow, drop_and_regrow, drop_count, rigl, set_
 from jaxsparse.algorithms._top_kast import ExplorationPenalty, TopKast, top_kast
 from jaxsparse.algorithms._gradual_magnitude import GradualMagnitude, gradual_magnitude
 from jaxsparse.algorithms._gap import GapState, GrowAndPrune, gap, gap_partitions
@@ -44,6 +44,7 @@ __all__ = [
     "Static",
     "StructuredRigL",
     "TopKast",
+    "drop_and_regrow",
     "drop_count",
     "gap",
     "gap_partitions",

@@ -39,12 +39,22 @@ from jaxsparse.algorithms._base import (
 )
 from jaxsparse.algorithms._factory_options import drop_fraction_schedule, make_layout
 from jaxsparse.algorithms._registry import Method, Option, Settings, register
-from jaxsparse.masks import Masks, Params, SparsityLayout, leaf_name, mask_leaves, masks_from_leaves, random_masks
+from jaxsparse.masks import (
+    LayerPlan,
+    Masks,
+    Params,
+    SparsityLayout,
+    leaf_name,
+    mask_leaves,
+    masks_from_leaves,
+    random_masks,
+)
 from jaxsparse.regularizers import Regularizer
 from jaxsparse.schedules import Schedule, UpdateSchedule
 from jaxsparse.scores import Score, gradient_magnitude, magnitude, random
+from jaxsparse.selection import top_k_mask
 
-__all__ = ["DropAndGrow", "dense_gradient_update_cost", "drop_count", "grad_leaves", "rigl", "set_"]
+__all__ = ["DropAndGrow", "dense_gradient_update_cost", "drop_count", "grad_leaves", "drop_and_regrow", "rigl", "set_"]
 
 # Scores that read no gradient: drop-and-grow with only these (SET) never needs the dense gradient.
 _GRADIENT_FREE_SCORES = (magnitude, random)
@@ -93,10 +103,9 @@ class DropAndGrow(SparseAlgorithm):
     def update_rule(
         self, params: Params, masks: Masks, grads: Params | None, step: jax.Array, key: jax.Array, state: AlgorithmState
     ) -> tuple[Masks, AlgorithmState]:
-        """Drop the ``floor(n f_t)`` lowest-scoring of each row's ``n`` active entries and grow as many.
+        """Drop the ``floor(n f_t)`` lowest-scoring of a layer's ``n`` active entries, regrow as many.
 
-        A row is the whole layer, except under a row-wise structure: each N:M group, or each neuron
-        under constant fan-in, which then keeps its exact count through every update.
+        Rows (N:M groups, neurons) regrow what they lost: see :func:`drop_and_regrow`.
         """
         param_leaves = jax.tree.leaves(params)
         gradients = grad_leaves(params, grads)
@@ -112,20 +121,17 @@ class DropAndGrow(SparseAlgorithm):
                 new_leaves.append(mask)
                 continue
             drop_key, grow_key, keep_ties, grow_ties = jax.random.split(layer_key(key, index), 4)
-            dropped = drop_count(plan.row_active, fraction)
-            kept = plan.structure.select(
-                plan.structure.group_scores(self.drop_score(param, grad, drop_key)),
-                plan.row_active - dropped,
-                candidates=mask,
-                tie_seed=jax.random.bits(keep_ties, (), jnp.uint32),
+            new_leaves.append(
+                drop_and_regrow(
+                    plan,
+                    mask,
+                    plan.structure.group_scores(self.drop_score(param, grad, drop_key)),
+                    plan.structure.group_scores(self.grow_score(param, grad, grow_key)),
+                    drop_count(plan.active, fraction),
+                    jax.random.bits(keep_ties, (), jnp.uint32),
+                    jax.random.bits(grow_ties, (), jnp.uint32),
+                )
             )
-            grown = plan.structure.select(
-                plan.structure.group_scores(self.grow_score(param, grad, grow_key)),
-                dropped,
-                candidates=~kept,
-                tie_seed=jax.random.bits(grow_ties, (), jnp.uint32),
-            )
-            new_leaves.append(kept | grown)
         return masks_from_leaves(params, new_leaves), state
 
     def on_mask_change(self, params, old, new, state, key, is_update) -> ParamReset:
@@ -153,6 +159,37 @@ class DropAndGrow(SparseAlgorithm):
         if self.grow_score in _GRADIENT_FREE_SCORES and self.drop_score in _GRADIENT_FREE_SCORES:
             return sparse_forward_cost(flops, forward_density)
         return dense_gradient_update_cost(self, flops, forward_density, total_steps)
+
+
+def drop_and_regrow(
+    plan: LayerPlan,
+    mask: jax.Array,
+    keep_scores: jax.Array,
+    grow_scores: jax.Array,
+    dropped: jax.typing.ArrayLike,
+    keep_seed: jax.typing.ArrayLike,
+    grow_seed: jax.typing.ArrayLike,
+) -> jax.Array:
+    """One layer's drop and grow: the new mask, with every row's count unchanged.
+
+    The ``a - d`` highest ``keep_scores`` of the ``a`` active entries stay, chosen across the whole
+    layer (exact radix select). Each row then regrows as many entries as it lost, the highest
+    ``grow_scores`` among its entries not kept: for one row (unstructured, blocks, channels) that is
+    ``d``, the RigL rule; under N:M each group of ``m`` regrows what it lost, and under constant
+    fan-in each neuron tops back up to ``k``, as the SRigL reference regrows per neuron. Dropping
+    per row instead would round ``floor(f n)`` to 0 for every 2:4 group (``n = 2``), and masks would
+    never change.
+
+    Args:
+      plan: the layer's plan.
+      mask: its current mask (group level).
+      keep_scores, grow_scores: group scores of the mask's shape.
+      dropped: ``d``, how many active entries the layer drops (a traced int is fine).
+      keep_seed, grow_seed: tie seeds of the two selections.
+    """
+    kept = top_k_mask(keep_scores, plan.active - dropped, candidates=mask, tie_seed=keep_seed)
+    regrow = dropped if plan.rows == 1 else plan.row_active - plan.structure.row_sums(kept)
+    return kept | plan.structure.select(grow_scores, regrow, candidates=~kept, tie_seed=grow_seed)
 
 
 def dense_gradient_update_cost(

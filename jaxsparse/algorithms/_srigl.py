@@ -13,15 +13,17 @@ Every neuron (a column of a dense kernel, a filter of a conv) of a sparsified la
    so that the fan-in never has to exceed the dense one; ablated neurons may come back at a later
    update. The last sparsified layer (the classifier) is never ablated.
 3. **Redistribution.** The ``n`` surviving neurons share the layer's budget ``B = floor((1 - S_l) N_l)``:
-   each gets ``k' = min(floor(B / n), n_in)`` inputs, so the layer's count is ``n k' <= B``.
-4. **Per-neuron drop and grow.** A surviving neuron with ``a_r`` active inputs keeps its
-   ``min(a_r - floor(f_t a_r), k')`` largest ``|theta|`` and grows the rest of its ``k'`` from the
-   largest ``|g|`` among its inactive inputs; grown weights start at 0.
+   each gets ``k' = min(floor(B / n), n_in)`` inputs, so the layer's count is ``n k' <= B`` (``k``
+   itself while no neuron is ablated).
+4. **Regrowth per neuron.** A surviving neuron keeps its weights in ``K`` (at most ``k'``, its
+   largest ``|theta|``) and regrows up to exactly ``k'`` from the largest ``|g|`` among its other
+   inputs; grown weights start at 0.
 
-With ``gamma_sal = 0`` no neuron is ever ablated and the algorithm is RigL at constant fan-in. The
-reference code (``calgaryml/condensed-sparsity``, ``rigl_constant_fan.py``) drops layer-wide and then
-trims each neuron to ``k`` keeping its first surviving entries; here each neuron drops its own
-smallest weights, which keeps the count exact without depending on memory order.
+With ``gamma_sal = 0`` no neuron is ever ablated and the algorithm is RigL at constant fan-in
+(:func:`~jaxsparse.algorithms.drop_and_regrow`: layer-wide drop, per-neuron regrowth, as the
+reference code ``calgaryml/condensed-sparsity``, ``rigl_constant_fan.py``, does). Where the
+reference trims a neuron that keeps more than ``k`` to its first surviving entries in memory order,
+this keeps its largest ``|theta|``.
 
 References:
   Lasby, Golubeva, Evci, Nica, Ioannou, "Dynamic Sparse Training with Structured Sparsity",
@@ -109,30 +111,29 @@ class StructuredRigL(SparseAlgorithm):
     def _layer(self, plan: LayerPlan, param, grad, mask, fraction, key, ablate: bool) -> jax.Array:
         """One layer's new mask (steps 1-4 of the module docstring)."""
         n_in, n_out = plan.row_size, plan.rows
-        budget = math.floor((1.0 - plan.sparsity) * plan.size)
-        keep_key, grow_key, row_keep_key, row_grow_key, alive_key = jax.random.split(key, 5)
+        keep_key, grow_key, trim_key, regrow_key, alive_key = (_seed(k) for k in jax.random.split(key, 5))
         magnitude, growth = jnp.abs(param), jnp.abs(grad)
-        per_neuron = jnp.sum(mask.reshape(-1, n_out), axis=0, dtype=jnp.int32)
-        active = jnp.sum(per_neuron)
+        active = jnp.sum(mask, dtype=jnp.int32)
         dropped = jnp.floor(jnp.asarray(fraction, jnp.float32) * active).astype(jnp.int32)
+        kept = top_k_mask(magnitude, active - dropped, candidates=mask, tie_seed=keep_key)  # RigL's keep set
         if ablate:
-            kept = top_k_mask(magnitude, active - dropped, candidates=mask, tie_seed=_seed(keep_key))
-            grown = top_k_mask(growth, dropped, candidates=~kept, tie_seed=_seed(grow_key))
-            salient = jnp.sum((kept | grown).reshape(-1, n_out), axis=0, dtype=jnp.int32)
-            k = jnp.max(per_neuron)
+            grown = top_k_mask(growth, dropped, candidates=~kept, tie_seed=grow_key)  # RigL's grow set
+            salient = plan.structure.row_sums(kept | grown)
+            k = jnp.max(plan.structure.row_sums(mask))
             threshold = jnp.maximum(1, jnp.floor(self.gamma_sal * k.astype(jnp.float32)).astype(jnp.int32))
+            budget = math.floor((1.0 - plan.sparsity) * plan.size)
             survivors = jnp.maximum(jnp.sum(salient >= threshold), min(budget // n_in + 1, n_out))
-            alive = top_k_mask(salient.astype(jnp.float32), survivors, tie_seed=_seed(alive_key))
+            alive = top_k_mask(salient.astype(jnp.float32), survivors, tie_seed=alive_key)
+            n_alive = jnp.sum(alive, dtype=jnp.int32)
+            fan_in = jnp.where(n_alive == n_out, plan.row_active, jnp.minimum(budget // n_alive, n_in))
+            kept = kept & jnp.broadcast_to(alive, kept.shape)  # neurons are the last axis
         else:
-            alive = jnp.ones((n_out,), bool)
-        n_alive = jnp.sum(alive, dtype=jnp.int32)
-        fan_in = jnp.minimum(budget // jnp.maximum(n_alive, 1), n_in)
-        keep = jnp.where(alive, jnp.minimum(per_neuron - drop_count_rows(per_neuron, fraction), fan_in), 0)
-        row_kept = plan.structure.select(magnitude, keep, candidates=mask, tie_seed=_seed(row_keep_key))
-        row_grown = plan.structure.select(
-            growth, jnp.where(alive, fan_in - keep, 0), candidates=~row_kept, tie_seed=_seed(row_grow_key)
-        )
-        return row_kept | row_grown
+            alive, fan_in = jnp.ones((n_out,), bool), plan.row_active
+        # A returning neuron can lower k': no neuron keeps more than k' (its largest |theta|).
+        kept_per_neuron = jnp.minimum(plan.structure.row_sums(kept), fan_in)
+        kept = plan.structure.select(magnitude, kept_per_neuron, candidates=kept, tie_seed=trim_key)
+        regrow = jnp.where(alive, fan_in - kept_per_neuron, 0)
+        return kept | plan.structure.select(growth, regrow, candidates=~kept, tie_seed=regrow_key)
 
     def update_rule(
         self, params: Params, masks: Masks, grads: Params | None, step: jax.Array, key: jax.Array, state: AlgorithmState
@@ -165,12 +166,6 @@ class StructuredRigL(SparseAlgorithm):
         """RigL's: ``3 f_S`` per step, ``2 f_S + f_D`` on mask-update steps."""
         del trainable_density, names, plans
         return dense_gradient_update_cost(self, flops, forward_density, total_steps)
-
-
-def drop_count_rows(active: jax.Array, fraction: jax.typing.ArrayLike) -> jax.Array:
-    """``floor(a_r f)`` per neuron, clipped to ``[0, a_r]``."""
-    dropped = jnp.floor(jnp.asarray(fraction, jnp.float32) * active.astype(jnp.float32)).astype(jnp.int32)
-    return jnp.clip(dropped, 0, active)
 
 
 def srigl(

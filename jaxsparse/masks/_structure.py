@@ -373,22 +373,23 @@ def _row_select(keys: jax.Array, positions: jax.Array, count, candidates: jax.Ar
         counted = jnp.where(candidates, counted, jnp.uint32(0))
     priority = mix32(positions ^ seed)
     length = keys.shape[-1]
+    count = jnp.asarray(count, jnp.int32)
+    if count.ndim:
+        count = count[..., None]
     if length <= 32:
         # Small rows (N:M groups): rank by pairwise comparison, L comparisons per weight.
         a_key, b_key = counted[..., :, None], counted[..., None, :]
         a_pri, b_pri = priority[..., :, None], priority[..., None, :]
         beaten_by = (b_key > a_key) | ((b_key == a_key) & (b_pri > a_pri))
-        rank = jnp.sum(beaten_by, axis=-1, dtype=jnp.int32)
+        chosen = jnp.sum(beaten_by, axis=-1, dtype=jnp.int32) < count
     else:
-        # Long rows (a neuron's inputs): one sort per row by (key, priority), then ranks back.
-        iota = lax.broadcasted_iota(jnp.int32, keys.shape, keys.ndim - 1)
-        _, _, order = lax.sort((counted, priority, iota), dimension=keys.ndim - 1, num_keys=2)
-        descending = length - 1 - lax.broadcasted_iota(jnp.int32, keys.shape, keys.ndim - 1)
-        rank = jnp.put_along_axis(jnp.zeros(keys.shape, jnp.int32), order, descending, axis=-1, inplace=False)
-    count = jnp.asarray(count, jnp.int32)
-    if count.ndim:
-        count = count.reshape(count.shape + (1,) * (keys.ndim - count.ndim))
-    return (rank < count) & (counted != 0)
+        # Long rows (a neuron's inputs): sort each row by (key, priority); the count-th largest pair
+        # is the threshold, and the pairs are distinct, so exactly count entries reach it.
+        ascending = lax.sort((counted, priority), dimension=keys.ndim - 1, num_keys=2)
+        at = jnp.broadcast_to(jnp.clip(length - count, 0, length - 1), keys.shape[:-1] + (1,))
+        key_t, priority_t = (jnp.take_along_axis(a, at, axis=-1) for a in ascending)
+        chosen = ((counted > key_t) | ((counted == key_t) & (priority >= priority_t))) & (count > 0)
+    return chosen & (counted != 0)
 
 
 class _RowWise(Structure):
@@ -421,6 +422,9 @@ class _RowWise(Structure):
         keys = self._rows(order_keys(scores))
         positions = self._rows(flat_positions(scores, jnp.uint32))
         valid = None if candidates is None else self._rows(candidates)
+        count = jnp.asarray(count, jnp.int32)
+        if count.ndim:  # one per row, in row_sums' order: the row view's leading axes
+            count = count.reshape(keys.shape[:-1])
         return self._unrows(_row_select(keys, positions, count, valid, tie_seed), scores.shape)
 
 
