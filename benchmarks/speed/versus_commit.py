@@ -48,6 +48,8 @@ from benchmarks.speed.workloads import (
 )
 
 METHODS = ("static", "set", "rigl", "top_kast", "gradual_magnitude")
+QUICK_METHODS = ("static", "rigl")
+"""``--quick`` (CI) checks the machinery on fixed masks and one dynamic method."""
 
 
 def load_commit(commit: str, into: Path) -> ModuleType:
@@ -93,10 +95,12 @@ def _trainer(library: ModuleType, workload: Workload, method: str, seed: int) ->
     return Trainer(training.make_train_step(model, tx, sparse), params, variables, opt_state, batch)
 
 
-def bench(workload: Workload, libraries: dict[str, ModuleType], seed: int) -> dict[str, Any]:
+def bench(
+    workload: Workload, libraries: dict[str, ModuleType], seed: int, methods: tuple[str, ...] = METHODS
+) -> dict[str, Any]:
     trainers = {"dense": _trainer(jaxsparse, workload, "dense", seed)}
     for label, library in libraries.items():
-        for method in METHODS:
+        for method in methods:
             trainers[f"{label}:{method}"] = _trainer(library, workload, method, seed)
     calls = {"dense": trainers["dense"].step}
     for name, trainer in trainers.items():
@@ -157,7 +161,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         workloads = [dataclasses.replace(w, rounds=args.rounds) for w in workloads]
     with tempfile.TemporaryDirectory() as scratch:
         libraries = {"earlier": load_commit(args.commit, Path(scratch)), "current": jaxsparse}
-        results = [bench(workload, libraries, args.seed) for workload in workloads]
+        methods = QUICK_METHODS if args.quick else METHODS
+        results = [bench(workload, libraries, args.seed, methods) for workload in workloads]
     record = {
         "benchmark": "step time versus commit",
         "quick": args.quick,

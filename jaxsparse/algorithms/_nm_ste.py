@@ -13,8 +13,8 @@ through the mask, so the optimizer updates every weight, pruned ones included:
       \\tilde g = g + \\lambda_W \\, (1 - m) \\odot W, \\qquad \\lambda_W = 2 \\cdot 10^{-4},
 
   which is the gradient of ``lambda_W / 2 * ||(1 - m) * W||^2`` with ``m`` held fixed (Zhou et al.
-  2021, Section 4; the reference code adds the term in the masked layer's backward pass, before
-  SGD's momentum and weight decay). It is this algorithm's :class:`SparseRefinedDecay` regulariser,
+  2021; the reference code, ``devkit/sparse_ops/sparse_ops.py``, adds the term in the masked
+  layer's backward pass, before SGD's momentum and weight decay). It is this algorithm's :class:`SparseRefinedDecay` regulariser,
   so it enters the inner optimizer like any penalty gradient.
 
 Inference runs on ``W * nm(|W|)``: :meth:`NMSte.forward_params` computes the mask of the params it
