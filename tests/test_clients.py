@@ -261,3 +261,12 @@ def test_helpers_take_any_enclosing_state(wrapper, mlp, batch):
     chex.assert_trees_all_equal(jsp.apply_masks(mlp, state), jsp.masks.apply_masks(mlp, jsp.masks_of(inner)))
     chex.assert_trees_all_equal(jsp.forward_params(mlp, state), jsp.forward_params(mlp, inner))
     assert jsp.summary(params, state) == jsp.summary(params, inner)
+
+
+def test_the_structure_section_builds_what_it_shows():
+    """The README's Structure examples construct their algorithms (each line is a complete call)."""
+    (block,) = readme_blocks("### Structure")
+    namespace = {"jsp": jsp}
+    exec(block, namespace)
+    algo = eval(block.strip().splitlines()[-1].split("#")[0], namespace)  # the last line's algorithm
+    assert algo.name == "nm_sr_ste" and algo.layout.sparsity == 0.5
