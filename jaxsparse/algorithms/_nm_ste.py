@@ -14,8 +14,9 @@ through the mask, so the optimizer updates every weight, pruned ones included:
 
   which is the gradient of ``lambda_W / 2 * ||(1 - m) * W||^2`` with ``m`` held fixed (Zhou et al.
   2021; the reference code, ``devkit/sparse_ops/sparse_ops.py``, adds the term in the masked
-  layer's backward pass, before SGD's momentum and weight decay). It is this algorithm's :class:`SparseRefinedDecay` regulariser,
-  so it enters the inner optimizer like any penalty gradient.
+  layer's backward pass, before SGD's momentum and weight decay). It is this algorithm's
+  :class:`SparseRefinedDecay` regulariser, so it enters the inner optimizer like any penalty
+  gradient.
 
 Inference runs on ``W * nm(|W|)``: :meth:`NMSte.forward_params` computes the mask of the params it
 is given. The stored mask (``masks_of(state)``) is the one of the last training forward pass, i.e.

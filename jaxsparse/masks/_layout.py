@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxsparse._variables import unboxed
-from jaxsparse.distributions import DISTRIBUTIONS, layer_sparsities, validate_sparsity, zeros_count
+from jaxsparse.distributions import DISTRIBUTIONS, layer_sparsities, validate_sparsity
 from jaxsparse.masks._structure import Structure, Unstructured
 
 __all__ = [
@@ -143,9 +143,7 @@ class LayerPlan:
 
     @property
     def row_active(self) -> int:
-        """``True`` entries per row."""
-        if self.rows == 1:
-            return self.size - zeros_count(self.sparsity, self.size)
+        """``True`` entries per row: the structure's ``row_count`` (``N_l - floor(S_l N_l)`` for one row)."""
         return self.structure.row_count(self.sparsity, self.row_size)
 
     @property
