@@ -13,8 +13,16 @@ import pytest
 
 import jaxsparse as jsp
 from jaxsparse.algorithms import gap_partitions
-from jaxsparse.training import Config, ConfigError, train
+from jaxsparse.training import Config, ConfigError, compilation_cache, train
 from tests.helpers import make_mlp
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _shared_compilations(tmp_path_factory):
+    """The reference, killed and resumed runs compile the same programs once (as test_cli does)."""
+    with compilation_cache(tmp_path_factory.getbasetemp() / "jax-cache-gap"):
+        yield
+
 
 SIZES = (16, 32, 32, 32, 8)  # kernels of 512, 1024, 1024 and 256 weights
 

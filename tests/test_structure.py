@@ -67,11 +67,14 @@ def _build(name: str, structure_name: str):
 
 
 def _matrix():
-    """Every method at every structure; input channels (output channels' code on another axis) and 1:4 with a few."""
+    """Every method at a whole-layer structure (channels) and both row-wise ones (2:4, fan-in); blocks,
+    input channels and 1:4 (the same code paths on other shapes) with a few."""
     for method in jsp.algorithms.registered():
         own = OWN_STRUCTURE.get(method.name)
-        for structure_name in [own] if own else [name for name in STRUCTURES if name != "input_channel"]:
+        for structure_name in [own] if own else ["2:4", "channel", "fan_in"]:
             yield method.name, structure_name
+    for name in ("rigl", "top_kast", "gap"):
+        yield name, "block:4x4"
     yield from [
         ("rigl", "input_channel"),
         ("gradual_magnitude", "input_channel"),
