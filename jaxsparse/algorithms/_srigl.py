@@ -41,7 +41,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxsparse.algorithms._base import AlgorithmState, SparseAlgorithm, layer_key
-from jaxsparse.algorithms._drop_and_grow import DROP_FRACTION, dense_gradient_update_cost, grad_leaves
+from jaxsparse.algorithms._drop_and_grow import DROP_FRACTION, dense_gradient_update_cost, drop_count, grad_leaves
 from jaxsparse.algorithms._factory_options import drop_fraction_schedule, make_layout
 from jaxsparse.algorithms._registry import Method, Option, Settings, register
 from jaxsparse.masks import (
@@ -114,7 +114,7 @@ class StructuredRigL(SparseAlgorithm):
         keep_key, grow_key, trim_key, regrow_key, alive_key = (_seed(k) for k in jax.random.split(key, 5))
         magnitude, growth = jnp.abs(param), jnp.abs(grad)
         active = jnp.sum(mask, dtype=jnp.int32)
-        dropped = jnp.floor(jnp.asarray(fraction, jnp.float32) * active).astype(jnp.int32)
+        dropped = drop_count(active, fraction)
         kept = top_k_mask(magnitude, active - dropped, candidates=mask, tie_seed=keep_key)  # RigL's keep set
         if ablate:
             grown = top_k_mask(growth, dropped, candidates=~kept, tie_seed=grow_key)  # RigL's grow set
@@ -127,11 +127,12 @@ class StructuredRigL(SparseAlgorithm):
             n_alive = jnp.sum(alive, dtype=jnp.int32)
             fan_in = jnp.where(n_alive == n_out, plan.row_active, jnp.minimum(budget // n_alive, n_in))
             kept = kept & jnp.broadcast_to(alive, kept.shape)  # neurons are the last axis
-        else:
+            # A returning neuron can lower k': no neuron keeps more than k' (its largest |theta|).
+            kept_per_neuron = jnp.minimum(plan.structure.row_sums(kept), fan_in)
+            kept = plan.structure.select(magnitude, kept_per_neuron, candidates=kept, tie_seed=trim_key)
+        else:  # every neuron keeps at most its k: no trimming
             alive, fan_in = jnp.ones((n_out,), bool), plan.row_active
-        # A returning neuron can lower k': no neuron keeps more than k' (its largest |theta|).
-        kept_per_neuron = jnp.minimum(plan.structure.row_sums(kept), fan_in)
-        kept = plan.structure.select(magnitude, kept_per_neuron, candidates=kept, tie_seed=trim_key)
+            kept_per_neuron = plan.structure.row_sums(kept)
         regrow = jnp.where(alive, fan_in - kept_per_neuron, 0)
         return kept | plan.structure.select(growth, regrow, candidates=~kept, tie_seed=regrow_key)
 
