@@ -84,11 +84,15 @@ class ParamReset(NamedTuple):
       restart_optimizer: a ``bool`` scalar; where true, the inner optimizer's whole state (moments
         and step counters) restarts from its ``init``, as GaP's code restarts Adam each round.
         ``None``: only the slots where masks changed are reset.
+      optimizer_step: where the optimizer restarts, the value its integer leaves (step counters,
+        hence learning-rate schedules and bias corrections) restart at; ``None``: 0. Rewinding to
+        step ``k`` of training (IMP's late rewinding) restarts the schedule at ``k``.
     """
 
     values: Params
     where: Masks
     restart_optimizer: jax.Array | None = None
+    optimizer_step: jax.typing.ArrayLike | None = None
 
 
 def newly_active(old: Masks, new: Masks) -> Masks:
@@ -279,6 +283,20 @@ class SparseAlgorithm(abc.ABC):
         del state, key, is_update
         return ParamReset(grown_values(params, old, lambda index, p: jnp.zeros((), p.dtype)), newly_active(old, new))
 
+    # ----- the run's length -----------------------------------------------------------------------
+
+    def total_steps(self, steps: int) -> int:
+        """How many steps a run takes whose learning-rate schedule spans ``steps`` (default: ``steps``).
+
+        Iterative pruning trains its schedule once per round (:class:`~jaxsparse.algorithms.IterativeMagnitude`).
+        """
+        return steps
+
+    def round_of(self, step: int) -> int | None:
+        """The pruning round step ``step`` belongs to; ``None``: the algorithm has no rounds (default)."""
+        del step
+        return None
+
     # ----- cost model -----------------------------------------------------------------------------
 
     @abc.abstractmethod
@@ -291,13 +309,16 @@ class SparseAlgorithm(abc.ABC):
         names: Sequence[str],
         plans: Sequence[LayerPlan | None],
     ) -> float:
-        """Training FLOPs of ``total_steps`` steps relative to dense training (see :mod:`jaxsparse.inspection`).
+        """Training FLOPs relative to dense training of ``total_steps`` steps (see :mod:`jaxsparse.inspection`).
+
+        An algorithm whose run trains the schedule several times (:meth:`total_steps`) counts all of
+        its steps, so its ratio is to one dense training.
 
         Args:
           flops: dense forward FLOPs of each layer of one step.
           forward_density: each layer's density of the forward mask at the end (1 for dense layers).
           trainable_density: each layer's density of the trainable mask at the end.
-          total_steps: steps ``0 .. total_steps - 1``.
+          total_steps: the schedule's steps ``0 .. total_steps - 1``.
           names: each layer's leaf name, in the order of ``flops``.
           plans: the layout's plan of the whole params tree (``None`` at dense leaves), for
             algorithms whose cost depends on which layer is which (GaP's dense partition).

@@ -41,6 +41,7 @@ import numpy as np
 
 from jaxsparse.algorithms._base import SparseAlgorithm, layer_key
 from jaxsparse.algorithms._factory_options import check_pooled_scope, make_layout
+from jaxsparse.algorithms._magnitude_pruning import SCOPES
 from jaxsparse.algorithms._registry import Method, Option, Settings, register
 from jaxsparse.masks import (
     LayerPlan,
@@ -59,7 +60,6 @@ from jaxsparse.selection import global_top_k_masks
 __all__ = ["GapState", "GrowAndPrune", "checked_count", "checked_partitions", "gap", "gap_partitions"]
 
 ORDERS = ("cyclic", "random")
-SCOPES = ("layer", "global")
 
 # The random order draws from its own stream of a step's key; the layer keys fold in leaf indices.
 _ORDER_STREAM = 0x6A70

@@ -22,18 +22,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxsparse.algorithms._base import AlgorithmState, SparseAlgorithm, layer_key
+from jaxsparse.algorithms._base import AlgorithmState, SparseAlgorithm
 from jaxsparse.algorithms._factory_options import check_pooled_scope, make_layout
+from jaxsparse.algorithms._magnitude_pruning import SCOPES, prune_by_magnitude, ramp_training_flops
 from jaxsparse.algorithms._registry import Method, Settings, register
-from jaxsparse.distributions import zeros_count
-from jaxsparse.masks import Masks, Params, SparsityLayout, mask_leaves, masks_from_leaves
+from jaxsparse.masks import Masks, Params, SparsityLayout
 from jaxsparse.regularizers import Regularizer
 from jaxsparse.schedules import Schedule, UpdateSchedule, polynomial_sparsity
-from jaxsparse.selection import global_top_k_masks
 
 __all__ = ["GradualMagnitude", "gradual_magnitude"]
-
-SCOPES = ("layer", "global")
 
 
 @typing.final
@@ -68,40 +65,8 @@ class GradualMagnitude(SparseAlgorithm):
         check_pooled_scope(self.scope, self.layout, "scope")
 
     def _prune(self, params: Params, masks: Masks | None, sparsity, at_end, key: jax.Array) -> Masks:
-        """Keep the largest ``|theta|`` (among ``masks``) at global sparsity ``sparsity``.
-
-        ``at_end`` selects the plan's exact counts, so float rounding of the ramp can never leave
-        the final masks off ``floor(S_l * N_l)`` zeros.
-        """
-        plans = self.plan(params)
-        indices = [i for i, plan in enumerate(plans) if plan is not None]
-        param_leaves = jax.tree.leaves(params)
-        current = None if masks is None else mask_leaves(params, masks)
-        scores = [plans[i].structure.group_scores(jnp.abs(param_leaves[i])) for i in indices]
-        candidates = [None if current is None else current[i] for i in indices]
-        seeds = [jax.random.bits(layer_key(key, i), (), jnp.uint32) for i in indices]
-        sparsity = jnp.asarray(sparsity, jnp.float32)
-        if self.scope == "global":
-            total = sum(plans[i].size for i in indices)
-            ramp = total - jnp.floor(sparsity * total).astype(jnp.int32)
-            target = jnp.where(at_end, total - zeros_count(self.layout.sparsity, total), ramp)
-            kept = global_top_k_masks(scores, target, candidates=candidates, tie_seed=seeds[0])
-        else:
-            ratio = sparsity / max(self.layout.sparsity, 1e-12)
-            kept = []
-            for i, score, candidate, seed in zip(indices, scores, candidates, seeds, strict=True):
-                plan = plans[i]
-                if plan.zeros == 0:  # a layer the distribution saturated to dense stays dense
-                    kept.append(jnp.ones(plan.mask_shape, bool))
-                    continue
-                row = plan.row_size
-                ramp = row - jnp.floor(ratio * plan.sparsity * row).astype(jnp.int32)
-                count = jnp.where(at_end, plan.row_active, jnp.clip(ramp, plan.row_active, row))
-                kept.append(plan.structure.select(score, count, candidates=candidate, tie_seed=seed))
-        new_leaves = [None] * len(plans)
-        for i, mask in zip(indices, kept, strict=True):
-            new_leaves[i] = mask
-        return masks_from_leaves(params, new_leaves)
+        """Keep the largest ``|theta|`` (among ``masks``) at global sparsity ``sparsity`` (exact at the end)."""
+        return prune_by_magnitude(self.layout, params, masks, sparsity, at_end, key, self.scope)
 
     def init_masks(self, params: Params, key: jax.Array) -> Masks:
         """The largest-magnitude weights at ``initial_sparsity`` (all weights when it is 0)."""
@@ -136,12 +101,7 @@ class GradualMagnitude(SparseAlgorithm):
         Zhu & Gupta 2017).
         """
         del trainable_density, names, plans
-        final = self.layout.sparsity
-        if final == 0:
-            return 1.0
-        in_effect = self._sparsity_in_effect(total_steps)
-        layer_sparsity = (1.0 - forward_density)[None, :] * (in_effect / final)[:, None]
-        return float(((1.0 - layer_sparsity) @ flops).mean() / flops.sum())
+        return ramp_training_flops(flops, forward_density, self.layout.sparsity, self._sparsity_in_effect(total_steps))
 
 
 def gradual_magnitude(

@@ -37,6 +37,7 @@ class Settings(NamedTuple):
       update_every: steps between mask updates.
       begin_step: first step that may update masks.
       end_step: last step that may update masks.
+      steps: the steps of the run's learning-rate schedule (``None``: not known; IMP's round).
       options: the method's own options by name (every option present, defaults filled in).
     """
 
@@ -48,6 +49,7 @@ class Settings(NamedTuple):
     update_every: int = 100
     begin_step: int = 0
     end_step: int | None = None
+    steps: int | None = None
     options: Mapping[str, Any] = {}
 
     def factory_keywords(self) -> dict[str, Any]:
@@ -98,6 +100,8 @@ class Method:
       options: the method's own settings.
       updates_masks: whether it changes masks on the ``begin_step / update_every / end_step`` grid.
       default_structure: the ``--structure`` it runs at when none is given (``None``: unstructured).
+      default_sparsity: ``default_sparsity(options) -> float``, the sparsity when none is given
+        (IMP's ``1 - (1 - p)^R``; ``None``: the structure's, else the caller's default).
     """
 
     name: str
@@ -106,12 +110,13 @@ class Method:
     options: tuple[Option, ...] = ()
     updates_masks: bool = True
     default_structure: str | None = None
+    default_sparsity: Callable[[Mapping[str, Any]], float] | None = None
 
     def settings(self, sparsity: float | None, options: Mapping[str, Any] | None = None, **shared: Any) -> Settings:
         """:class:`Settings` for this method: the given options, the rest at their defaults.
 
         Without ``structure=``, the method's ``default_structure`` applies; ``sparsity=None`` takes
-        the sparsity a structure fixes (N:M's ``1 - N/M``).
+        the sparsity a structure fixes (N:M's ``1 - N/M``), else the method's ``default_sparsity``.
         """
         values = {option.name: option.default for option in self.options}
         values.update({name: value for name, value in (options or {}).items() if name in values})
@@ -119,6 +124,8 @@ class Method:
             shared["structure"] = parse_structure(self.default_structure)
         if sparsity is None:
             sparsity = fixed_sparsity(shared.get("structure") or Unstructured())
+        if sparsity is None and self.default_sparsity is not None:
+            sparsity = self.default_sparsity(values)
         if sparsity is None:
             raise ValueError(f"{self.name} needs a sparsity: its structure does not fix one.")
         return Settings(sparsity=sparsity, options=values, **shared)

@@ -108,7 +108,8 @@ class Config:
     method: str = _field("rigl", "training method: dense or a registered algorithm (see --method's choices)")
     sparsity: float | None = _field(
         None,
-        "global sparsity of the sparsified kernels, in [0, 1) (default: 0.9; with an N:M structure 1 - N/M; dense: 0)",
+        "global sparsity of the sparsified kernels, in [0, 1) (default: 0.9; with an N:M structure 1 - N/M; imp: "
+        "what its rounds reach, 1 - (1 - imp_fraction)^imp_rounds; dense: 0)",
     )
     structure: str | None = _field(
         None,
@@ -119,7 +120,7 @@ class Config:
     distribution: str = _field("erk", f"how the sparsity is spread over layers: {', '.join(DISTRIBUTIONS)}")
     dataset: str = _field("mnist1d", f"dataset: {', '.join(DATASETS)}")
     model: str = _field("lenet5", f"model: {', '.join(MODELS)}")
-    steps: int = _field(6000, "number of training steps")
+    steps: int = _field(6000, "number of training steps (imp: of each round, the learning-rate schedule's length)")
     batch_size: int = _field(128, "training batch size")
     optimizer: str = _field("adamw", f"inner optimizer: {', '.join(OPTIMIZERS)} (sgd uses --momentum)")
     learning_rate: float = _field(3e-3, "peak learning rate")
@@ -173,6 +174,8 @@ class Config:
             # A dense run has no masks; recording 0 keeps summaries and plots of sparsity truthful.
             object.__setattr__(self, "sparsity", 0.0)
         elif self.sparsity is None:
+            if fixed is None and default is not None and default.default_sparsity is not None:
+                fixed = default.default_sparsity({option.name: self.option(option.name) for option in default.options})
             object.__setattr__(self, "sparsity", 0.9 if fixed is None else fixed)
         elif fixed is not None and abs(self.sparsity - fixed) > 1e-9:
             raise ConfigError(
@@ -249,6 +252,7 @@ class Config:
             update_every=self.update_every,
             begin_step=self.begin_step,
             end_step=self.mask_end_step,
+            steps=self.steps,
             options={name: self.option(name) for name in method_options()},
         )
 

@@ -242,7 +242,7 @@ def _check_resume(config: Config, checkpoints: Checkpoints, resume: bool) -> Non
 
 
 def _resume(
-    config: Config, checkpoints: Checkpoints, state: dict[str, Any], resume: bool
+    config: Config, checkpoints: Checkpoints, state: dict[str, Any], resume: bool, total_steps: int
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """The state and record the run starts from: the newest intact checkpoint, else step 0.
 
@@ -266,7 +266,7 @@ def _resume(
     for damaged in restored.damaged:
         print(f"{damaged}; moved it to {checkpoints.damaged_directory / str(damaged.step)}", file=sys.stderr)
     where = f"step {restored.step} (checkpoint {restored.path})"
-    done = restored.step >= config.steps
+    done = restored.step >= total_steps
     print(f"run already complete at {where}" if done else f"resuming from {where}", file=sys.stderr)
     return restored.state, restored.record
 
@@ -316,8 +316,10 @@ def train(config: Config, *, resume: bool = False, progress: bool = True) -> Tra
         tx = jsp.sparsify(make_optimizer(config), algorithm, key=mask_key) if sparse else make_optimizer(config)
         with mesh:
             state, axes = _initial_state(model, dataset, tx, init_key, sparse, replicas)
-        state, record = _resume(config, checkpoints, state, resume)
-        log = MetricsLog(out_dir, keep_until=record["step"] if record["step"] else None)
+        total_steps = algorithm.total_steps(config.steps) if sparse else config.steps
+        rounds = sparse and algorithm.round_of(0) is not None
+        state, record = _resume(config, checkpoints, state, resume, total_steps)
+        log = MetricsLog(out_dir, keep_until=record["step"] if record["step"] else None, rounds=rounds)
 
         train_step = make_train_step(model, tx, sparse, replicas, axes["opt_state"])
         evaluate = _make_evaluate(model, dataset, config.eval_batch_size, sparse)
@@ -330,8 +332,8 @@ def train(config: Config, *, resume: bool = False, progress: bool = True) -> Tra
         step, last_eval = record["step"], record["last_eval_step"]
         started = time.perf_counter() - record["wall_time"]
         first_step = step
-        bar = tqdm(total=config.steps, initial=step, desc=config.method, unit="step", disable=not progress)
-        while step < config.steps:
+        bar = tqdm(total=total_steps, initial=step, desc=config.method, unit="step", disable=not progress)
+        while step < total_steps:
             with mesh:
                 params, model_state, opt_state, loss = train_step(
                     state["params"], state["model_state"], state["opt_state"], place(batches[step])
@@ -343,8 +345,12 @@ def train(config: Config, *, resume: bool = False, progress: bool = True) -> Tra
             state.update(params=params, model_state=model_state, opt_state=opt_state, loss_sum=state["loss_sum"] + loss)
             step += 1
             bar.update()
-            if step % config.eval_every == 0 or step == config.steps:
+            # The last step of a round is evaluated and checkpointed: the round's result, and its rewind point.
+            round_ends = rounds and algorithm.round_of(step) != algorithm.round_of(step - 1)
+            if step % config.eval_every == 0 or step == total_steps or round_ends:
                 row = _evaluate_row(evaluate, state, axes, step, last_eval, sparse, time.perf_counter() - started)
+                if rounds:
+                    row["round"] = algorithm.round_of(step - 1)
                 log.append(row)
                 bar.set_postfix(
                     loss=f"{row['train_loss']:.3f}",
@@ -352,7 +358,7 @@ def train(config: Config, *, resume: bool = False, progress: bool = True) -> Tra
                     sparsity=f"{row['sparsity']:.3f}",
                 )
                 last_eval = step
-            if step % config.checkpoint_every == 0 or step == config.steps:
+            if step % config.checkpoint_every == 0 or step == total_steps or round_ends:
                 wall_time = time.perf_counter() - started
                 record = {"step": step, "config": config.to_dict(), "wall_time": wall_time, "last_eval_step": last_eval}
                 checkpoints.save(step, state, record)

@@ -17,7 +17,7 @@ import numpy as np
 
 from jaxsparse.masks import Masks
 
-__all__ = ["COLUMNS", "MetricsLog", "mask_change"]
+__all__ = ["COLUMNS", "ROUND_COLUMN", "MetricsLog", "mask_change", "round_results"]
 
 COLUMNS = ("step", "train_loss", "test_loss", "test_accuracy", "sparsity", "mask_change", "wall_time")
 """The columns of a metrics row.
@@ -27,6 +27,8 @@ of inactive sparsified weights; ``mask_change`` the fraction of weights active a
 evaluation that are inactive now (:func:`mask_change`); ``wall_time`` the seconds so far on the
 training loop's clock (compilation, evaluations and checkpoints included; start-up not).
 """
+ROUND_COLUMN = "round"
+"""The extra column of a run with pruning rounds (IMP): the round of the row's last training step."""
 
 
 def mask_change(previous: Masks, current: Masks) -> float:
@@ -45,6 +47,22 @@ def mask_change(previous: Masks, current: Masks) -> float:
         dropped += int(np.count_nonzero(old & ~new))
         active += int(np.count_nonzero(old))
     return dropped / active if active else 0.0
+
+
+def round_results(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The last row of each round (the round's trained network at its sparsity); ``[]`` without rounds.
+
+    Example:
+      >>> rows = [dict(step=5, round=0, test_accuracy=0.8), dict(step=10, round=0, test_accuracy=0.9),
+      ...         dict(step=16, round=1, test_accuracy=0.85)]
+      >>> [row["step"] for row in round_results(rows)]
+      [10, 16]
+    """
+    last: dict[int, dict[str, Any]] = {}
+    for row in rows:
+        if ROUND_COLUMN in row:
+            last[row[ROUND_COLUMN]] = row
+    return [last[index] for index in sorted(last)]
 
 
 def _mask_leaves(masks: Masks) -> list[np.ndarray]:
@@ -79,9 +97,13 @@ class MetricsLog:
       [10]
     """
 
-    def __init__(self, folder: str | Path, *, keep_until: int | None) -> None:
-        """Opens the log, keeping the existing rows up to step ``keep_until`` (``None``: start empty)."""
+    def __init__(self, folder: str | Path, *, keep_until: int | None, rounds: bool = False) -> None:
+        """Opens the log, keeping the existing rows up to step ``keep_until`` (``None``: start empty).
+
+        With ``rounds`` every row also has the :data:`ROUND_COLUMN`.
+        """
         folder = Path(folder)
+        self.columns = (*COLUMNS, ROUND_COLUMN) if rounds else COLUMNS
         self.jsonl_path = folder / "metrics.jsonl"
         self.csv_path = folder / "metrics.csv"
         self.rows: list[dict[str, Any]] = []
@@ -92,16 +114,16 @@ class MetricsLog:
     def _rewrite(self) -> None:
         self.jsonl_path.write_text("".join(json.dumps(row) + "\n" for row in self.rows))
         with self.csv_path.open("w", newline="") as file:
-            writer = csv.DictWriter(file, fieldnames=COLUMNS)
+            writer = csv.DictWriter(file, fieldnames=self.columns)
             writer.writeheader()
             writer.writerows(self.rows)
 
     def append(self, row: dict[str, Any]) -> None:
-        """Adds one row (the keys of :data:`COLUMNS`) to both files."""
-        if set(row) != set(COLUMNS):
-            raise ValueError(f"a metrics row needs exactly the columns {COLUMNS}, got {tuple(row)}.")
+        """Adds one row (the keys of :data:`COLUMNS`, and the round's if the log has rounds) to both files."""
+        if set(row) != set(self.columns):
+            raise ValueError(f"a metrics row needs exactly the columns {self.columns}, got {tuple(row)}.")
         self.rows.append(row)
         with self.jsonl_path.open("a") as file:
             file.write(json.dumps(row) + "\n")
         with self.csv_path.open("a", newline="") as file:
-            csv.DictWriter(file, fieldnames=COLUMNS).writerow(row)
+            csv.DictWriter(file, fieldnames=self.columns).writerow(row)

@@ -17,6 +17,7 @@ from matplotlib.figure import Figure
 
 from jaxsparse.inspection import LayerStats
 from jaxsparse.training._config import Config
+from jaxsparse.training._metrics import round_results
 
 __all__ = ["plot_run", "run_figures"]
 
@@ -79,6 +80,26 @@ def _mask_change(rows: Sequence[dict[str, Any]], config: Config) -> Figure:
     return figure
 
 
+def _rounds(rows: Sequence[dict[str, Any]], config: Config) -> Figure:
+    """Each pruning round's test accuracy at its end against its sparsity (density on a log axis)."""
+    results = round_results(list(rows))
+    figure = _figure(config, (6, 4))
+    axes = figure.subplots()
+    density = [1.0 - row["sparsity"] for row in results]
+    axes.plot(density, [row["test_accuracy"] for row in results], marker="o")
+    for row, x in zip(results, density, strict=True):
+        axes.annotate(str(row["round"]), (x, row["test_accuracy"]), textcoords="offset points", xytext=(0, 6))
+    axes.set(
+        xscale="log",
+        xlabel="density (1 - sparsity), log scale",
+        ylabel="test accuracy at the round's end",
+        title="accuracy over pruning rounds (labels: round)",
+    )
+    axes.invert_xaxis()  # sparser to the right
+    axes.grid(alpha=0.3)
+    return figure
+
+
 def run_figures(rows: Sequence[dict[str, Any]], stats: Sequence[LayerStats], config: Config) -> dict[str, Figure]:
     """The figures :func:`plot_run` saves, by file name, each titled with the run it shows.
 
@@ -88,19 +109,23 @@ def run_figures(rows: Sequence[dict[str, Any]], stats: Sequence[LayerStats], con
       config: the run's settings, which the titles name.
 
     Returns:
-      ``{"curves.png": ..., "layer_sparsity.png": ..., "mask_change.png": ...}``, unsaved.
+      ``{"curves.png": ..., "layer_sparsity.png": ..., "mask_change.png": ...}``, unsaved, and
+      ``"rounds.png"`` (accuracy against sparsity over the rounds) for a run with pruning rounds.
     """
-    return {
+    figures = {
         "curves.png": _curves(rows, config),
         "layer_sparsity.png": _layer_sparsity(stats, config),
         "mask_change.png": _mask_change(rows, config),
     }
+    if round_results(list(rows)):
+        figures["rounds.png"] = _rounds(rows, config)
+    return figures
 
 
 def plot_run(
     rows: Sequence[dict[str, Any]], stats: Sequence[LayerStats], folder: str | Path, *, config: Config
 ) -> list[Path]:
-    """Writes ``curves.png``, ``layer_sparsity.png`` and ``mask_change.png`` into ``folder``.
+    """Writes ``curves.png``, ``layer_sparsity.png``, ``mask_change.png`` (and ``rounds.png``) into ``folder``.
 
     Args:
       rows: the metrics rows (see :data:`~jaxsparse.training.COLUMNS`).

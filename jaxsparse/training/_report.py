@@ -15,6 +15,7 @@ import jax
 import jaxsparse as jsp
 from jaxsparse.inspection import LayerStats
 from jaxsparse.training._config import Config
+from jaxsparse.training._metrics import round_results
 
 __all__ = ["git_commit", "run_report", "versions"]
 
@@ -81,7 +82,8 @@ def run_report(
 
     Returns:
       A JSON-serialisable dict: the final metrics row, the best test accuracy, the total and
-      per-layer sparsity, the FLOPs, wall time, versions, git commit and device.
+      per-layer sparsity, the FLOPs, wall time, versions, git commit and device; for a run with
+      pruning rounds (IMP), ``rounds``: each round's step, sparsity and test accuracy at its end.
     """
     sparsified = [s for s in stats if s.sparsified]
     size = sum(s.size for s in sparsified)
@@ -97,4 +99,13 @@ def run_report(
         "versions": versions(),
         "git_commit": git_commit(),
         "device": f"{jax.default_backend()}: {jax.devices()[0].device_kind} x {jax.device_count()}",
+        **_rounds(rows),
     }
+
+
+def _rounds(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    results = round_results(list(rows))
+    if not results:
+        return {}
+    keys = ("round", "step", "sparsity", "test_accuracy")
+    return {"rounds": [{key: row[key] for key in keys} for row in results]}

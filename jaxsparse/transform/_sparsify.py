@@ -119,9 +119,18 @@ def _hold_moments(stepped: optax.OptState, held: optax.OptState, hold: jax.Array
     return jax.tree.map(choose, stepped, held)
 
 
-def _restarted(state: optax.OptState, fresh: optax.OptState, restart: jax.Array) -> optax.OptState:
-    """``fresh`` (the inner optimizer's ``init``, counters included) where ``restart``, else ``state``."""
-    return jax.tree.map(lambda f, s: jnp.where(restart, jnp.asarray(f, jnp.result_type(s)), s), fresh, state)
+def _restarted(state: optax.OptState, fresh: optax.OptState, reset: ParamReset) -> optax.OptState:
+    """``fresh`` (the inner optimizer's ``init``) where ``reset.restart_optimizer``, else ``state``.
+
+    Integer leaves (step counters) restart at ``reset.optimizer_step`` when it is given.
+    """
+
+    def restart(f, s):
+        if reset.optimizer_step is not None and jnp.issubdtype(jnp.result_type(s), jnp.integer):
+            f = jnp.full(jnp.shape(s), reset.optimizer_step)
+        return jnp.where(reset.restart_optimizer, jnp.asarray(f, jnp.result_type(s)), s)
+
+    return jax.tree.map(restart, fresh, state)
 
 
 def _proximal(updates, params, algorithm: SparseAlgorithm, masks, plans, step) -> Params:
@@ -399,13 +408,13 @@ def sparsify(
             restart = None if reset is None else reset.restart_optimizer
             held = reset_slots(state.inner_state, fresh_state, params, _changed(params, old_trainable, new_trainable))
             if restart is not None:
-                held = _restarted(held, fresh_state, restart)
+                held = _restarted(held, fresh_state, reset)
             updates, inner_state = inner.update(_restrict(objective_grads, new_trainable), held, params, **extra_args)
             if algorithm.skip_optimizer_on_update:
                 updates = jax.tree.map(lambda u: jnp.where(is_update, jnp.zeros((), u.dtype), u), updates)
                 inner_state = _hold_moments(inner_state, held, is_update)
                 if restart is not None:  # no step was taken: the optimizer is exactly as new
-                    inner_state = _restarted(inner_state, fresh_state, restart)
+                    inner_state = _restarted(inner_state, fresh_state, reset)
             if reset is not None:
                 updates = _apply_reset(updates, params, reset)
         updates = _project(updates, params, new_trainable, dense)
