@@ -50,9 +50,9 @@ def registered_algorithms(sparsity: float = 0.8, **settings) -> dict:
     """Every registered algorithm (built-ins and the worked example), built from the same small settings.
 
     Defaults: ERK, masks updated every 2 steps from step 0 to step 100; GaP with 2 partitions
-    (the test MLPs have 3 kernels) of 2 steps each, for 2 rounds.
+    (the test MLPs have 3 kernels) of 2 steps each, for 2 rounds; IMP's rounds of 2 steps.
     """
-    shared = dict(update_every=2, begin_step=0, end_step=100)
+    shared = dict(update_every=2, begin_step=0, end_step=100, steps=2)
     shared.update(settings)
     return {method.name: _make(method, sparsity, shared) for method in jsp.algorithms.registered()}
 

@@ -78,10 +78,11 @@ def test_conformance_exact_counts_zeros_no_retrace_determinism(name, mlp, batch)
             continue
         if algo.fixed_counts:
             assert int(mask.sum()) == plan.active
-        else:
-            assert int(mask.sum()) >= plan.active
         if not algo.stores_dense:
             assert bool((param[~mask] == 0).all())
+    # Pruning ramps keep at least the final counts; SNFS moves counts between layers, keeping the total.
+    active = sum(int(m.sum()) for m in jax.tree.leaves(masks))
+    assert active >= sum(plan.active for plan in algo.plan(mlp) if plan is not None)
 
 
 @pytest.mark.parametrize("name", NAMES)

@@ -32,6 +32,7 @@ STRUCTURES = {
     "fan_in": FanIn(),
 }
 OWN_STRUCTURE = {"nm_ste": "2:4", "nm_sr_ste": "2:4", "srigl": "fan_in"}  # methods built for one structure
+OWN_STRUCTURE["snfs"] = "channel"  # moves counts across layers: refuses 2:4 and fan_in (tests/test_snfs.py)
 
 
 def _row_counts(structure, mask: np.ndarray) -> np.ndarray | None:
@@ -62,7 +63,7 @@ def _build(name: str, structure_name: str):
     method = jsp.algorithms.lookup(name)
     structure = jsp.masks.parse_structure(structure_name)
     fixed = jsp.masks.fixed_sparsity(structure)
-    shared = dict(update_every=2, begin_step=0, end_step=6, distribution="uniform", structure=structure)
+    shared = dict(update_every=2, begin_step=0, end_step=6, steps=3, distribution="uniform", structure=structure)
     return method.make(0.5 if fixed is None else None, options=SMALL_OPTIONS, **shared)
 
 

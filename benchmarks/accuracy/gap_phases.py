@@ -21,7 +21,7 @@ from matplotlib.figure import Figure
 import jaxsparse as jsp
 from benchmarks.common import argument_parser, output_path, write_results
 from jaxsparse.training import Config, make_algorithm, make_optimizer, make_train_step
-from jaxsparse.training._loop import _initial_state, _make_evaluate
+from jaxsparse.training._loop import _init_variables, _initial_state, _make_evaluate
 
 
 def run(config: Config) -> dict[str, Any]:
@@ -34,7 +34,7 @@ def run(config: Config) -> dict[str, Any]:
     algorithm = make_algorithm(config)
     init_key, mask_key = jax.random.split(jax.random.key(config.seed))
     tx = jsp.sparsify(make_optimizer(config), algorithm, key=mask_key)
-    state, _ = _initial_state(model, dataset, tx, init_key, True, None)
+    state, _ = _initial_state(_init_variables(model, dataset, init_key), tx, True, None)
     owners = algorithm.partition_of(state["params"])
     step_fn = make_train_step(model, tx, True)
     evaluate = _make_evaluate(model, dataset, config.eval_batch_size, True)

@@ -371,10 +371,20 @@ def _builder(factory):
 
 
 register(
-    Method("set", _builder(set_), "drop the smallest |w|, regrow at random (Mocanu et al. 2018)", (DROP_FRACTION,))
+    Method(
+        "set",
+        _builder(set_),
+        "drop the smallest |w|, regrow at random (Mocanu et al. 2018)",
+        (DROP_FRACTION,),
+        accepts_init=True,
+    )
 )
 register(
     Method(
-        "rigl", _builder(rigl), "drop the smallest |w|, regrow the largest |grad| (Evci et al. 2020)", (DROP_FRACTION,)
+        "rigl",
+        _builder(rigl),
+        "drop the smallest |w|, regrow the largest |grad| (Evci et al. 2020)",
+        (DROP_FRACTION,),
+        accepts_init=True,
     )
 )

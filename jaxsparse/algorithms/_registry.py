@@ -102,6 +102,8 @@ class Method:
       default_structure: the ``--structure`` it runs at when none is given (``None``: unstructured).
       default_sparsity: ``default_sparsity(options) -> float``, the sparsity when none is given
         (IMP's ``1 - (1 - p)^R``; ``None``: the structure's, else the caller's default).
+      accepts_init: it can start from any plain masks at its layout's counts, so ``--init`` may
+        choose them (:mod:`jaxsparse.pruning_at_init`).
     """
 
     name: str
@@ -111,6 +113,7 @@ class Method:
     updates_masks: bool = True
     default_structure: str | None = None
     default_sparsity: Callable[[Mapping[str, Any]], float] | None = None
+    accepts_init: bool = False
 
     def settings(self, sparsity: float | None, options: Mapping[str, Any] | None = None, **shared: Any) -> Settings:
         """:class:`Settings` for this method: the given options, the rest at their defaults.

@@ -82,4 +82,4 @@ def _build(settings: Settings) -> Static:
     return static(settings.sparsity, **settings.layout_keywords())
 
 
-register(Method("static", _build, "random masks at init, never changed", updates_masks=False))
+register(Method("static", _build, "random masks at init, never changed", updates_masks=False, accepts_init=True))

@@ -38,16 +38,19 @@ __all__ = ["DISTRIBUTIONS", "layer_sparsities", "zeros_count", "validate_sparsit
 DISTRIBUTIONS = ("uniform", "er", "erk")
 
 
-def validate_sparsity(value: float, name: str = "sparsity") -> float:
+def validate_sparsity(value: float, name: str = "sparsity", *, allow_full: bool = False) -> float:
     """Checks that a sparsity is a real number in ``[0, 1)`` and returns it as a Python float.
 
     Python, numpy and concrete JAX scalars are accepted alike (``np.float32(0.9)`` is ``0.9``).
+    With ``allow_full``, exactly ``1.0`` (every weight removed) is accepted too: one layer may be
+    pruned entirely, never the whole network.
     """
-    value = real_scalar(value, name, "a float in [0, 1)")
-    if not 0.0 <= value < 1.0 or math.isnan(value):
+    interval = "[0, 1]" if allow_full else "[0, 1)"
+    value = real_scalar(value, name, f"a float in {interval}")
+    if not (0.0 <= value < 1.0 or (allow_full and value == 1.0)) or math.isnan(value):
         raise ValueError(
-            f"{name}={value!r} is outside [0, 1): it is the fraction of weights set to zero, so use "
-            "e.g. 0.9 for 90% sparse (1.0 would remove every weight)."
+            f"{name}={value!r} is outside {interval}: it is the fraction of weights set to zero, so use "
+            "e.g. 0.9 for 90% sparse" + ("." if allow_full else " (1.0 would remove every weight).")
         )
     return float(value)
 

@@ -172,7 +172,8 @@ class SparsityLayout:
       erk_power_scale: exponent of the ERK raw score.
       layer_sparsity: per-layer overrides ``{pattern: sparsity}``; matching layers sit outside the
         distribution's budget (as in the RigL reference), so the global sparsity is then not
-        exactly ``S``. The first matching pattern wins.
+        exactly ``S``. The first matching pattern wins. An override may be exactly ``1.0``: that layer
+        keeps no weight (a layer collapse, which global pruning at initialisation can produce).
       include: filter deciding which leaves are sparsified (default: rank >= 2, not a bias).
       keep_dense: patterns of leaves never sparsified (e.g. ``("embed",)``).
       dense_first_layer: keep the first sparsifiable leaf dense.
@@ -219,7 +220,9 @@ class SparsityLayout:
         overrides = self.layer_sparsity
         if isinstance(overrides, Mapping):
             overrides = tuple(overrides.items())
-        overrides = tuple((p, validate_sparsity(value, f"layer_sparsity[{p!r}]")) for p, value in overrides)
+        overrides = tuple(
+            (p, validate_sparsity(value, f"layer_sparsity[{p!r}]", allow_full=True)) for p, value in overrides
+        )
         object.__setattr__(self, "layer_sparsity", overrides)
         for pattern, _ in overrides:
             re.compile(pattern)

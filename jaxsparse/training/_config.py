@@ -38,6 +38,7 @@ from jaxsparse.data import DATASETS
 from jaxsparse.distributions import DISTRIBUTIONS
 from jaxsparse.masks import fixed_sparsity, parse_structure
 from jaxsparse.models import MODELS
+from jaxsparse.pruning_at_init import CRITERIA
 
 __all__ = [
     "CHOICES",
@@ -51,6 +52,7 @@ __all__ = [
 ]
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
+INIT_SCOPES = ("global", "layer")
 LR_SCHEDULES = ("constant", "cosine")
 
 
@@ -74,6 +76,8 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "model": MODELS,
     "optimizer": OPTIMIZERS,
     "lr_schedule": LR_SCHEDULES,
+    "init": CRITERIA,
+    "init_scope": INIT_SCOPES,
 }
 """The settings that take one of a fixed set of names, and those names (methods: :func:`method_names`)."""
 # Mask updates stop at 75% of training by default, as in RigL (Evci et al. 2020).
@@ -138,6 +142,15 @@ class Config:
         "regular expression of parameter names kept dense, e.g. 'Conv' or 'Dense_2' (a structure that does not "
         "divide a layer names it; keep it dense this way)",
     )
+    init: str | None = _field(
+        None,
+        f"initial masks scored at initialisation: {', '.join(CRITERIA)} (jaxsparse.pruning_at_init; default: the "
+        "method's own, random for static, set, rigl and snfs)",
+    )
+    init_scope: str = _field(
+        "global", "--init's threshold: global (one over all layers, the papers') or layer (the distribution's counts)"
+    )
+    init_rounds: int | None = _field(None, "--init's pruning rounds (default: 100 for synflow, 1 for the others)")
     begin_step: int = _field(0, "first step that may update masks")
     end_step: int | None = _field(None, "last step that may update masks (default: 75%% of --steps)")
     options: tuple[tuple[str, Any], ...] = _field(
@@ -187,7 +200,7 @@ class Config:
     def _validate(self) -> None:
         for name, choices in {"method": method_names(), **CHOICES}.items():
             value = getattr(self, name)
-            if value not in choices:
+            if value not in choices and not (value is None and _FIELD_DEFAULTS[name] is None):
                 close = difflib.get_close_matches(str(value), choices, n=1)
                 hint = f" (did you mean {close[0]!r}?)" if close else ""
                 raise ConfigError(f"{name}={value!r} is not known{hint}; choose one of {', '.join(choices)}.")
@@ -213,6 +226,16 @@ class Config:
                 raise ConfigError(
                     f"keep_dense={self.keep_dense!r} is not a regular expression ({error}); e.g. 'Conv' or 'Dense_2'."
                 ) from None
+        if self.init is not None:
+            takers = [method.name for method in registered() if method.accepts_init]
+            _check(
+                self.method in takers,
+                "init",
+                self.init,
+                f"--method {self.method} chooses its own initial masks; --init works with {', '.join(takers)}",
+            )
+        if self.init_rounds is not None:
+            _check(self.init_rounds >= 1, "init_rounds", self.init_rounds, "must be a positive integer")
         if self.end_step is not None:
             _check(self.end_step <= self.steps, "end_step", self.end_step, f"must be at most steps={self.steps}")
         known = method_options()
@@ -369,3 +392,6 @@ def _coerce(name: str, value: Any, hint: Any) -> Any:
     if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
         raise ConfigError(f"{name}={value!r} must be of type {kind.__name__}, got {type(value).__name__}.")
     return value
+
+
+_FIELD_DEFAULTS = {field.name: field.default for field in dataclasses.fields(Config)}

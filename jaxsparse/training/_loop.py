@@ -39,12 +39,16 @@ from jaxsparse.models import create_model
 from jaxsparse.training._build import make_algorithm, make_optimizer
 from jaxsparse.training._checkpoint import Checkpoints, NoIntactCheckpointError
 from jaxsparse.training._config import Config, ConfigError
+from jaxsparse.training._initial_masks import initial_masks
 from jaxsparse.training._metrics import MetricsLog, mask_change
 from jaxsparse.training._plots import plot_run
 from jaxsparse.training._replicas import Replicas
 from jaxsparse.training._report import run_report
 
 __all__ = ["TrainResult", "make_train_step", "train"]
+
+# The keys of --init's scores come from their own stream of the mask key, which sparsify splits.
+_INIT_MASKS_STREAM = 0x1717
 
 
 @dataclasses.dataclass(frozen=True)
@@ -165,11 +169,15 @@ def _host_masks(opt_state: optax.OptState, sparse: bool) -> Masks | None:
     return jax.tree.map(np.array, jsp.masks_of(opt_state)) if sparse else None
 
 
+def _init_variables(model: nn.Module, dataset: Dataset, key: jax.Array) -> dict[str, Any]:
+    """The model's initial variables (``params`` and mutable collections such as ``batch_stats``)."""
+    init = jax.jit(functools.partial(model.init, train=False))
+    return dict(init(key, jnp.zeros((1, *dataset.input_shape), jnp.float32)))
+
+
 def _initial_state(
-    model: nn.Module,
-    dataset: Dataset,
+    variables: dict[str, Any],
     tx: optax.GradientTransformation,
-    key: jax.Array,
     sparse: bool,
     replicas: Replicas | None,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -179,8 +187,7 @@ def _initial_state(
     runs) the masks at the last evaluation, from which the next row's mask change is measured.
     Returns the state and its ``vmap`` axes over replicas (all ``None``: one model).
     """
-    init = jax.jit(functools.partial(model.init, train=False))
-    variables = dict(init(key, jnp.zeros((1, *dataset.input_shape), jnp.float32)))
+    variables = dict(variables)
     params = variables.pop("params")
     if replicas is None:
         opt_state, opt_axes = jax.jit(tx.init)(params), None
@@ -313,9 +320,21 @@ def train(config: Config, *, resume: bool = False, progress: bool = True) -> Tra
         replicas = Replicas.for_algorithm(algorithm, config.batch_size)
         mesh = contextlib.nullcontext() if replicas is None else jax.set_mesh(replicas.mesh)
         init_key, mask_key = jax.random.split(jax.random.key(config.seed))
-        tx = jsp.sparsify(make_optimizer(config), algorithm, key=mask_key) if sparse else make_optimizer(config)
+        variables = _init_variables(model, dataset, init_key)
+        batches = train_batches(dataset, batch_size=config.batch_size, seed=config.seed)
+        chosen = None
+        if config.init is not None:
+            init_masks_key = jax.random.fold_in(mask_key, _INIT_MASKS_STREAM)
+            chosen = initial_masks(config, algorithm, model, dataset, variables, batches[0], init_masks_key)
+            algorithm = chosen.algorithm
+        optimizer = make_optimizer(config)
+        tx = (
+            jsp.sparsify(optimizer, algorithm, key=mask_key, masks=None if chosen is None else chosen.masks)
+            if sparse
+            else optimizer
+        )
         with mesh:
-            state, axes = _initial_state(model, dataset, tx, init_key, sparse, replicas)
+            state, axes = _initial_state(variables, tx, sparse, replicas)
         total_steps = algorithm.total_steps(config.steps) if sparse else config.steps
         rounds = sparse and algorithm.round_of(0) is not None
         state, record = _resume(config, checkpoints, state, resume, total_steps)
@@ -323,7 +342,6 @@ def train(config: Config, *, resume: bool = False, progress: bool = True) -> Tra
 
         train_step = make_train_step(model, tx, sparse, replicas, axes["opt_state"])
         evaluate = _make_evaluate(model, dataset, config.eval_batch_size, sparse)
-        batches = train_batches(dataset, batch_size=config.batch_size, seed=config.seed)
         place = (
             (lambda batch: batch)
             if replicas is None
@@ -363,7 +381,8 @@ def train(config: Config, *, resume: bool = False, progress: bool = True) -> Tra
                 record = {"step": step, "config": config.to_dict(), "wall_time": wall_time, "last_eval_step": last_eval}
                 checkpoints.save(step, state, record)
         bar.close()
-    return _finish(config, model, dataset, algorithm, _first(state, axes), log.rows, record["wall_time"])
+    init_report = None if chosen is None else chosen.report(config)
+    return _finish(config, model, dataset, algorithm, _first(state, axes), log.rows, record["wall_time"], init_report)
 
 
 def _evaluate_row(
@@ -402,6 +421,7 @@ def _finish(
     state: dict[str, Any],
     rows: list[dict[str, Any]],
     wall_time: float,
+    init_report: dict[str, Any] | None,
 ) -> TrainResult:
     """Writes ``summary.json`` and the plots, and returns the result."""
     params, model_state, opt_state = state["params"], state["model_state"], state["opt_state"]
@@ -417,6 +437,7 @@ def _finish(
         table=jsp.summary(inference_params, stats_masks),
         flops=_flops(config, model, dataset, params, model_state, opt_state, algorithm),
         wall_time=wall_time,
+        init=init_report,
     )
     out_dir = Path(config.out_dir)
     (out_dir / "summary.json").write_text(json.dumps(report, indent=2) + "\n")

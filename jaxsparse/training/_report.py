@@ -68,6 +68,7 @@ def run_report(
     table: str,
     flops: dict[str, float],
     wall_time: float,
+    init: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The contents of ``summary.json``.
 
@@ -79,6 +80,8 @@ def run_report(
       flops: dense FLOPs and the inference and training FLOPs ratios vs dense.
       wall_time: seconds on the training loop's clock: compiling the step, evaluations and
         checkpoints included, start-up and this report not; summed over the sessions of a resumed run.
+      init: how ``--init`` chose the initial masks (criterion, scope, the number and names of the
+        layers it left without an active weight); ``None``: the method's own.
 
     Returns:
       A JSON-serialisable dict: the final metrics row, the best test accuracy, the total and
@@ -100,6 +103,7 @@ def run_report(
         "git_commit": git_commit(),
         "device": f"{jax.default_backend()}: {jax.devices()[0].device_kind} x {jax.device_count()}",
         **_rounds(rows),
+        **({} if init is None else {"init": init}),
     }
 
 

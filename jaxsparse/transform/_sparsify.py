@@ -188,23 +188,24 @@ def _check_handed_in(
         with jax.ensure_compile_time_eval():
             shapes = jax.tree.map(lambda p: jnp.zeros(jnp.shape(p), jnp.result_type(p)), params)
             reference = _init_masks(algorithm, shapes, key)
-        for view in (algorithm.forward_masks, algorithm.trainable_masks):
-            for plan, want, got in zip(
-                plans, mask_leaves(params, view(reference)), mask_leaves(params, view(masks)), strict=True
-            ):
-                if plan is None:
-                    continue
-                expected = np.asarray(plan.structure.row_sums(jnp.asarray(want)))
-                actual = np.asarray(plan.structure.row_sums(jnp.asarray(got)))
-                if (expected != actual).any():
-                    row = int(np.flatnonzero(expected != actual)[0])
-                    where = "" if plan.rows == 1 else f" in row {row} of its {plan.rows} ({plan.structure!r})"
-                    raise ValueError(
-                        f"the mask handed in for {plan.name!r} has {actual[row]} active entries{where}, but "
-                        f"{algorithm.name}'s layout keeps exactly {expected[row]} of {plan.row_size}: compute the "
-                        "masks for this algorithm's layout (its sparsity, distribution and structure), or build "
-                        "the algorithm with the layout the masks were made for."
-                    )
+            # Under jax.jit(tx.init) the masks are constants: compare them now, not as traced values.
+            for view in (algorithm.forward_masks, algorithm.trainable_masks):
+                for plan, want, got in zip(
+                    plans, mask_leaves(params, view(reference)), mask_leaves(params, view(masks)), strict=True
+                ):
+                    if plan is None:
+                        continue
+                    expected = np.asarray(plan.structure.row_sums(jnp.asarray(want)))
+                    actual = np.asarray(plan.structure.row_sums(jnp.asarray(got)))
+                    if (expected != actual).any():
+                        row = int(np.flatnonzero(expected != actual)[0])
+                        where = "" if plan.rows == 1 else f" in row {row} of its {plan.rows} ({plan.structure!r})"
+                        raise ValueError(
+                            f"the mask handed in for {plan.name!r} has {actual[row]} active entries{where}, but "
+                            f"{algorithm.name}'s layout keeps exactly {expected[row]} of {plan.row_size}: compute the "
+                            "masks for this algorithm's layout (its sparsity, distribution and structure), or build "
+                            "the algorithm with the layout the masks were made for."
+                        )
     if state is None:
         return
     expected = jax.eval_shape(algorithm.init_state, params, masks)
