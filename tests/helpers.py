@@ -81,3 +81,37 @@ def leaf_bytes(tree) -> list[bytes]:
 def without_wall_time(rows: list[dict]) -> list[dict]:
     """Metrics rows without their wall times, which no two runs share."""
     return [{key: value for key, value in row.items() if key != "wall_time"} for row in rows]
+
+
+def killed_and_resumed(run: dict, tmp_path, monkeypatch, kill_at: int):
+    """``train(Config(**run))`` uninterrupted, and killed when asking for batch ``kill_at`` then resumed.
+
+    Returns:
+      ``(reference, resumed)``, the two :class:`~jaxsparse.training.TrainResult`.
+    """
+    import pytest
+
+    import jaxsparse.training._loop as loop
+    from jaxsparse.training import Config, train
+
+    reference = train(Config(**run, out_dir=str(tmp_path / "reference")), progress=False)
+    real = loop.train_batches
+
+    class Killed(Exception):
+        """The simulated kill: raised when the loop asks for the batch of step ``kill_at``."""
+
+    class Dying:
+        def __init__(self, batches):
+            self.batches = batches
+
+        def __getitem__(self, step):
+            if step == kill_at:
+                raise Killed
+            return self.batches[step]
+
+    monkeypatch.setattr(loop, "train_batches", lambda *a, **k: Dying(real(*a, **k)))
+    with pytest.raises(Killed):
+        train(Config(**run, out_dir=str(tmp_path / "resumed")), progress=False)
+    monkeypatch.setattr(loop, "train_batches", real)
+    resumed = train(Config(**run, out_dir=str(tmp_path / "resumed")), resume=True, progress=False)
+    return reference, resumed

@@ -270,3 +270,15 @@ def test_the_structure_section_builds_what_it_shows():
     exec(block, namespace)
     algo = eval(block.strip().splitlines()[-1].split("#")[0], namespace)  # the last line's algorithm
     assert algo.name == "nm_sr_ste" and algo.layout.sparsity == 0.5
+
+
+def test_the_when_to_prune_section_runs():
+    """The README's pruning-at-init, IMP and SNFS example runs as shown and builds what it says."""
+    (block,) = readme_blocks("### When to prune: at initialisation, iteratively, dynamically")
+    namespace: dict = {}
+    exec(block, namespace)
+    assert namespace["layer_collapse"](namespace["params"], namespace["masks"]) == []
+    state = namespace["tx"].init(namespace["params"])
+    planned = [plan.active for plan in namespace["static"].plan(namespace["params"]) if plan is not None]
+    assert [int(m.sum()) for m in jax.tree.leaves(jsp.masks_of(state))] == planned
+    assert namespace["ticket"].name == "imp" and namespace["snfs"].name == "snfs"

@@ -14,7 +14,7 @@ import pytest
 import jaxsparse as jsp
 from jaxsparse.algorithms import gap_partitions
 from jaxsparse.training import Config, ConfigError, compilation_cache, train
-from tests.helpers import make_mlp
+from tests.helpers import killed_and_resumed, make_mlp
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -161,33 +161,12 @@ def test_cli_run_killed_mid_phase_resumes_bit_identical(tmp_path, monkeypatch, p
 
     C-GaP has 3 partitions; P-GaP 2 replicas, each 4-way data parallel on the 8 CPU devices.
     """
-    import jaxsparse.training._loop as loop
-
     run = dict(method="gap", dataset="digits", model="mlp", steps=40, batch_size=32, update_every=5, eval_every=5)
     options = (("gap_steps_per_phase", 5), ("gap_rounds", 2))
     if parallel:
         options += (("gap_partitions", 2), ("gap_parallel", True))
     run |= dict(checkpoint_every=10, options=options)
-    reference = train(Config(**run, out_dir=str(tmp_path / "reference")), progress=False)
-    real = loop.train_batches
-
-    class Killed(Exception):
-        """The simulated kill: raised when the loop asks for step 17's batch."""
-
-    class Dying:
-        def __init__(self, batches):
-            self.batches = batches
-
-        def __getitem__(self, step):
-            if step == 17:
-                raise Killed
-            return self.batches[step]
-
-    monkeypatch.setattr(loop, "train_batches", lambda *a, **k: Dying(real(*a, **k)))
-    with pytest.raises(Killed):
-        train(Config(**run, out_dir=str(tmp_path / "resumed")), progress=False)
-    monkeypatch.setattr(loop, "train_batches", real)
-    resumed = train(Config(**run, out_dir=str(tmp_path / "resumed")), resume=True, progress=False)
+    reference, resumed = killed_and_resumed(run, tmp_path, monkeypatch, kill_at=17)
     for a, b in ((resumed.params, reference.params), (resumed.opt_state, reference.opt_state)):
         for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
             if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):

@@ -17,8 +17,8 @@ import pytest
 
 import jaxsparse as jsp
 from jaxsparse.algorithms import imp, imp_sparsity, parse_rewind
-from jaxsparse.training import Config, ConfigError, compilation_cache, train
-from tests.helpers import leaf_bytes, make_batch, make_mlp, make_train_step
+from jaxsparse.training import Config, ConfigError, compilation_cache
+from tests.helpers import killed_and_resumed, leaf_bytes, make_batch, make_mlp, make_train_step
 
 SIZES = (8, 16, 16, 4)  # kernels of 128, 256 and 64 weights
 
@@ -127,30 +127,9 @@ def test_training_flops_count_every_round_against_one_dense_training():
 
 def test_cli_run_killed_in_a_later_round_resumes_bit_identical(tmp_path, monkeypatch):
     """``jaxsparse train --method imp``, rounds of 10 steps, killed at step 27 (round 2, after its rewind)."""
-    import jaxsparse.training._loop as loop
-
     run = dict(method="imp", dataset="digits", model="mlp", steps=10, batch_size=32, eval_every=5)
     run |= dict(checkpoint_every=7, options=(("imp_rounds", 2), ("imp_fraction", 0.5), ("rewind", "step:2")))
-    reference = train(Config(**run, out_dir=str(tmp_path / "reference")), progress=False)
-    real = loop.train_batches
-
-    class Killed(Exception):
-        """The simulated kill: raised when the loop asks for step 27's batch."""
-
-    class Dying:
-        def __init__(self, batches):
-            self.batches = batches
-
-        def __getitem__(self, step):
-            if step == 27:
-                raise Killed
-            return self.batches[step]
-
-    monkeypatch.setattr(loop, "train_batches", lambda *a, **k: Dying(real(*a, **k)))
-    with pytest.raises(Killed):
-        train(Config(**run, out_dir=str(tmp_path / "resumed")), progress=False)
-    monkeypatch.setattr(loop, "train_batches", real)
-    resumed = train(Config(**run, out_dir=str(tmp_path / "resumed")), resume=True, progress=False)
+    reference, resumed = killed_and_resumed(run, tmp_path, monkeypatch, kill_at=27)
     assert leaf_bytes((resumed.params, resumed.opt_state)) == leaf_bytes((reference.params, reference.opt_state))
     # 10 dense steps, then two rounds of a pruning step and 8 steps; each round's end is evaluated.
     rows = resumed.metrics
