@@ -406,3 +406,20 @@ def test_bad_input_errors_name_the_fix(net):
         prune_at_init("synflow", params, LAYOUT, key=key, apply_fn=mlp_apply, inputs=batch[0], rounds=0)
     with pytest.raises(ValueError, match="scope='global' shares one threshold"):
         prune_at_init("magnitude", {"w": jnp.ones((8, 4))}, SparsityLayout(None, structure=NM(2, 4)), key=key)
+
+
+def test_masks_of_sharded_params_equal_the_single_device_ones():
+    """Params sharded over an 8-device mesh get the same masks as on one device (SNIP global, SynFlow per layer)."""
+    from jax.sharding import AxisType, NamedSharding
+    from jax.sharding import PartitionSpec as P
+
+    mesh = jax.make_mesh((8,), ("model",), axis_types=(AxisType.Auto,))
+    params = make_mlp(jax.random.key(0), (16, 64, 32))
+    batch = make_batch(jax.random.key(1), 16, 16, 32)
+    shardings = jax.tree.map(lambda p: NamedSharding(mesh, P(None, "model") if p.ndim == 2 else P("model")), params)
+    sharded = jax.device_put(params, shardings)
+    for criterion, scope, rounds in (("snip", "global", None), ("synflow", "layer", 3)):
+        single = _prune(criterion, params, batch, scope=scope, rounds=rounds)
+        across = _prune(criterion, sharded, batch, scope=scope, rounds=rounds)
+        for a, b in zip(jax.tree.leaves(single), jax.tree.leaves(across), strict=True):
+            np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
