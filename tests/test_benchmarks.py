@@ -13,7 +13,7 @@ import math
 
 import pytest
 
-from benchmarks.accuracy import structures, sweep
+from benchmarks.accuracy import lottery, pruning_at_init, structures, sweep
 from benchmarks.speed import compare, distributed, memory, selection, step_time, versus_commit, wall_clock
 from benchmarks.speed.workloads import QUICK_WORKLOADS
 from jaxsparse.training import ConfigError
@@ -28,20 +28,27 @@ def _written(out):
 
 def test_accuracy_sweep_quick_trains_every_method_and_resumes(tmp_path, capsys):
     out = tmp_path / "sweep.json"
-    record = sweep.main(["--quick", "--out", str(out)])
+    assert "imp" not in sweep.SPARSE_METHODS  # on request only: a run is IMP_ROUNDS + 1 trainings
+    methods = ["--methods", "dense", *sweep.SPARSE_METHODS, "imp"]
+    record = sweep.main(["--quick", *methods, "--out", str(out)])
     assert _written(out)["table"] == record["table"]
     rows = sweep.read_rows(out.with_suffix(".csv"))
-    assert sorted(row["method"] for row in rows) == sorted(["dense", *sweep.SPARSE_METHODS])
+    assert sorted(row["method"] for row in rows) == sorted(["dense", *sweep.SPARSE_METHODS, "imp"])
     for row in rows:
         assert 0.0 <= row["accuracy"] <= 1.0
         assert row["measured_sparsity"] == pytest.approx(0.0 if row["method"] == "dense" else 0.9, abs=1e-3)
+        assert (row["init"], row["layer_collapse"]) == ("-", 0)
+    (imp_row,) = [row for row in rows if row["method"] == "imp"]
+    assert imp_row["training_flops_ratio"] > 1.0  # the dense round and four pruned ones: more than one dense training
     assert {check["claim"] for check in record["orderings"]} == {
-        f"{m} > static" for m in ("set", "rigl", "top_kast", "gradual_magnitude")
+        *(f"{m} > static" for m in ("set", "rigl", "top_kast", "snfs", "gradual_magnitude")),
+        "snfs > set",
+        "rigl > snfs",
     }
     assert "| rigl |" in out.with_suffix(".md").read_text()
     capsys.readouterr()
-    sweep.main(["--quick", "--out", str(out)])  # everything is in the CSV: nothing is trained again
-    runs = len(sweep.SPARSE_METHODS) + 1  # the registry's methods (the worked example too) and dense
+    sweep.main(["--quick", *methods, "--out", str(out)])  # everything is in the CSV: nothing is trained again
+    runs = len(sweep.SPARSE_METHODS) + 2  # the registry's methods (the worked example too), imp and dense
     assert "averaged_growth" in sweep.SPARSE_METHODS
     assert f"{runs} runs, {runs} already in" in capsys.readouterr().out
     assert len(sweep.read_rows(out.with_suffix(".csv"))) == runs
@@ -58,9 +65,11 @@ def test_sweep_statistics():
             "keep_dense": "",
             "distribution": "erk",
             "sparsity": 0.95,
+            "init": "-",
             "accuracy": accuracy,
             "measured_sparsity": 0.95,
             "training_flops_ratio": 0.5,
+            "layer_collapse": 0,
         }
         for method, accuracies in (("static", (0.5, 0.7)), ("rigl", (0.8, 0.8)))
         for accuracy in accuracies
@@ -87,7 +96,7 @@ def test_sweep_leaves_structured_methods_to_the_structure_study(tmp_path):
 
 def test_sweep_reads_and_extends_a_csv_from_before_the_structure_columns(tmp_path):
     path = tmp_path / "old.csv"
-    old_columns = [name for name in sweep.COLUMNS if name not in ("structure", "keep_dense")]
+    old_columns = [name for name in sweep.COLUMNS if name not in ("structure", "keep_dense", "init", "layer_collapse")]
     values = dict(dataset="d", model="m", steps=1, update_every=1, method="rigl", distribution="erk", sparsity=0.9)
     values |= dict(seed=0, accuracy=0.5, test_loss=1.0, measured_sparsity=0.9, training_flops_ratio=0.5)
     values |= dict(inference_flops_ratio=0.1, wall_time_s=1.0, git_commit="x")
@@ -96,10 +105,53 @@ def test_sweep_reads_and_extends_a_csv_from_before_the_structure_columns(tmp_pat
         writer.writeheader()
         writer.writerow(values)
     (old,) = sweep.read_rows(path)
-    assert (old["structure"], old["keep_dense"]) == ("unstructured", "")
+    assert (old["structure"], old["keep_dense"], old["init"], old["layer_collapse"]) == ("unstructured", "", "-", 0)
     sweep.append_row(path, {**old, "structure": "2:4", "sparsity": 0.5})
     assert path.read_text().splitlines()[0] == ",".join(sweep.COLUMNS)
     assert [row["structure"] for row in sweep.read_rows(path)] == ["unstructured", "2:4"]
+
+
+def test_sweep_gives_imp_rounds_that_end_at_the_sparsity():
+    from jaxsparse.algorithms import imp_sparsity
+
+    for sparsity in (0.8, 0.9, 0.95, 0.98):
+        (run,) = sweep.plan(["mnist1d"], ["imp"], [sparsity], ["uniform"], 1, None, 50)
+        options = dict(sweep.config(run).options)
+        assert options["imp_rounds"] == sweep.IMP_ROUNDS
+        assert imp_sparsity(options["imp_rounds"], options["imp_fraction"]) == pytest.approx(sparsity, abs=1e-12)
+
+
+def test_lottery_quick_trains_tickets_and_both_controls(tmp_path):
+    out = tmp_path / "lottery.json"
+    record = lottery.main(["--quick", "--out", str(out)])
+    assert _written(out)["table"] == record["table"]
+    rows = lottery.read_rows(out.with_suffix(".csv"))
+    assert sorted((row["round"], row["variant"]) for row in rows) == [
+        (0, "ticket"),
+        (1, "random_mask"),
+        (1, "random_reinit"),
+        (1, "ticket"),
+    ]
+    for row in rows:
+        assert row["measured_sparsity"] == pytest.approx(0.5 * row["round"], abs=1e-3)
+    flops = {(row["round"], row["variant"]): row["training_flops_ratio"] for row in rows}
+    assert flops[1, "ticket"] > 1.0 + flops[1, "random_mask"] - 1e-3  # a ticket costs the dense round too
+    assert {check["claim"] for check in record["margins"]} == {"ticket > random_mask", "ticket > random_reinit"}
+    assert "| 50.0% (round 1) |" in out.with_suffix(".md").read_text()
+
+
+def test_pruning_at_init_quick_records_the_criterion_and_layer_collapse(tmp_path):
+    out = tmp_path / "pai.json"
+    record = pruning_at_init.main(["--quick", "--out", str(out)])
+    assert _written(out)["table"] == record["table"]
+    rows = sweep.read_rows(out.with_suffix(".csv"))
+    assert sorted(row["init"] for row in rows) == ["snip", "synflow"]
+    for row in rows:
+        assert row["method"] == "static" and row["measured_sparsity"] == pytest.approx(0.9, abs=1e-3)
+        assert row["layer_collapse"] >= 0
+    (check,) = record["synflow_checks"]
+    assert set(check["against"]) == {"snip"}
+    assert "| synflow |" in out.with_suffix(".md").read_text()
 
 
 def test_structure_study_quick(tmp_path):

@@ -7,11 +7,23 @@ gradual magnitude pruning ramping from dense to the target sparsity over the sam
 Gupta 2017's cubic schedule). The reported accuracy is the test accuracy after the last step: no
 checkpoint is picked by its test score.
 
-* methods: dense, static (random masks, fixed), SET, RigL, Top-KAST, gradual magnitude, GaP: every
-  registered method whose masks are unstructured by default. Those with a structure of their own
-  (N:M STE and SR-STE, SRigL at constant fan-in) belong to the structure study
+* methods: dense, static (random masks, fixed), SET, RigL, Top-KAST, gradual magnitude, GaP, SNFS:
+  every registered method whose masks are unstructured by default. Those with a structure of their
+  own (N:M STE and SR-STE, SRigL at constant fan-in) belong to the structure study
   (:mod:`benchmarks.accuracy.structures`), which compares them at matched layers and densities;
   here they run on request only (``--methods srigl``);
+* IMP (iterative magnitude pruning with rewinding to init) runs on request only (``--methods imp``).
+  It is not one training at the sweep's budget: its ``steps`` are one round's, so a run trains the
+  dense network and then :data:`IMP_ROUNDS` pruned rounds, ``IMP_ROUNDS + 1`` times the steps of
+  every other row (the training-FLOPs column shows the cost, 1 + the rounds' densities). In the
+  default grid it would cost as much as four other methods together, for a method whose own study
+  (:mod:`benchmarks.accuracy.lottery`) runs it as its paper does. The fraction pruned per round is
+  derived from the sparsity, ``p = 1 - (1 - S)^(1/R)``, so that ``R = IMP_ROUNDS`` rounds end at
+  ``S`` exactly (8 rounds of 20% stop at 83%);
+* ``--inits`` scores the initial masks at initialisation (``jaxsparse.training.Config.init``:
+  random, magnitude, SNIP, GraSP, SynFlow) for the methods that accept them; each row records the
+  criterion and the number of layers it left empty (``layer_collapse``). The pruning-at-init study
+  (:mod:`benchmarks.accuracy.pruning_at_init`) runs it;
 * sparsities 80/90/95/98% of the sparsified kernels; distributions ``uniform`` (with the first
   layer kept dense, as in Evci et al. 2020) and ``erk``;
 * data sets that need no download: ``digits`` (scikit-learn, an MLP) and ``mnist1d`` (generated,
@@ -29,6 +41,12 @@ Rerun from the repository root::
 
     python -m benchmarks.accuracy.sweep --jobs 2          # digits + MNIST-1D, 3 seeds: ~40 min on 2 cores
     python -m benchmarks.accuracy.sweep --quick           # one tiny run per method: seconds (CI)
+
+SNFS against SET and RigL on MNIST-1D (the committed ``results/accuracy/snfs.*``)::
+
+    python -m benchmarks.accuracy.sweep --datasets mnist1d --distributions uniform \
+        --methods dense static set rigl snfs --sparsities 0.9 0.95 0.98 \
+        --out benchmarks/results/accuracy/snfs.json          # 39 runs: ~10 min on 2 cores
 """
 
 from __future__ import annotations
@@ -48,6 +66,7 @@ from matplotlib.figure import Figure
 
 from benchmarks.common import COMPILATION_CACHE, argument_parser, output_path, write_results
 from jaxsparse.algorithms import lookup, registered
+from jaxsparse.pruning_at_init import CRITERIA
 from jaxsparse.training import Config
 
 VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {"p_gap": ("gap", {"gap_parallel": True})}
@@ -55,7 +74,14 @@ VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {"p_gap": ("gap", {"gap_parall
 STRUCTURED = tuple(method.name for method in registered() if method.default_structure not in (None, "unstructured"))
 """Registered methods with a structure of their own (``nm_ste``'s 2:4, which fixes the sparsity at 50%;
 ``srigl``'s constant fan-in): the structure study runs them, this sweep only on request."""
-SPARSE_METHODS = (*(method.name for method in registered() if method.name not in STRUCTURED), *VARIANTS)
+ON_REQUEST = ("imp",)
+"""Unstructured methods whose run is several trainings (IMP: ``IMP_ROUNDS + 1``): only with ``--methods imp``."""
+IMP_ROUNDS = 4
+"""IMP's pruning rounds after the dense round; the fraction per round is derived from the sparsity."""
+SPARSE_METHODS = (
+    *(method.name for method in registered() if method.name not in (*STRUCTURED, *ON_REQUEST)),
+    *VARIANTS,
+)
 """Every registered unstructured algorithm, and the variants: a newly registered one joins the sweep."""
 STUDIES: dict[str, tuple[str, dict[str, Any]]] = {
     "gap_r2": ("gap", {"gap_rounds": 2}),
@@ -63,8 +89,11 @@ STUDIES: dict[str, tuple[str, dict[str, Any]]] = {
     "gap_k4": ("gap", {"gap_partitions": 4}),
 }
 """Variations run on request only (``--methods gap_r2 ...``), e.g. GaP's rounds and partitions."""
-TABLE_ORDER = (*SPARSE_METHODS, *STUDIES, *STRUCTURED)
-DYNAMIC = ("set", "rigl", "top_kast")
+TABLE_ORDER = (*SPARSE_METHODS, *ON_REQUEST, *STUDIES, *STRUCTURED)
+DYNAMIC = ("set", "rigl", "top_kast", "snfs")
+PAIRS = (("snfs", "set"), ("rigl", "snfs"))
+"""Orderings between two methods the papers report: SNFS above SET (Dettmers & Zettlemoyer 2019, Table 1),
+RigL above SNFS (Evci et al. 2020, Figure 2)."""
 SPARSITIES = (0.8, 0.9, 0.95, 0.98)
 DISTRIBUTIONS = ("uniform", "erk")
 DATASET_SETTINGS: dict[str, dict[str, Any]] = {
@@ -88,15 +117,17 @@ COLUMNS = (
     "seed",
     "structure",
     "keep_dense",
+    "init",
     "accuracy",
     "test_loss",
     "measured_sparsity",
     "training_flops_ratio",
     "inference_flops_ratio",
     "wall_time_s",
+    "layer_collapse",
     "git_commit",
 )
-KEY = COLUMNS[:10]
+KEY = COLUMNS[:11]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -105,7 +136,9 @@ class Run:
 
     ``structure`` is a :func:`jaxsparse.masks.parse_structure` name. ``keep_dense`` is a regular
     expression of the parameters kept dense (``""``: none). ``uniform`` keeps the first layer dense
-    (Evci et al. 2020) unless the run names its dense layers with ``keep_dense``.
+    (Evci et al. 2020) unless the run names its dense layers with ``keep_dense``. ``init`` is the
+    criterion scoring the initial masks (``Config.init``, with one global threshold), ``"-"`` for
+    the method's own masks.
     """
 
     dataset: str
@@ -118,6 +151,7 @@ class Run:
     seed: int
     structure: str
     keep_dense: str
+    init: str = "-"
 
     def key(self) -> tuple[str, ...]:
         return row_key(dataclasses.asdict(self))
@@ -148,11 +182,13 @@ def plan(
     update_every: int,
     structure: str | None = None,
     keep_dense: Mapping[str, str] | None = None,
+    inits: Sequence[str] = ("-",),
 ) -> list[Run]:
     """Every run of the sweep: dense once per data set and seed, each sparse method on the full grid.
 
     ``structure`` applies to every sparse run (``None``: each method's own); ``keep_dense`` maps a
-    data set to the pattern of the parameters its sparse runs keep dense.
+    data set to the pattern of the parameters its sparse runs keep dense; each sparse run is
+    repeated for every criterion of ``inits`` (``"-"``: the method's own initial masks).
     """
     runs = []
     for dataset in datasets:
@@ -174,8 +210,8 @@ def plan(
                         keep_dense="",
                     )
                 )
-            for method, distribution, sparsity in itertools.product(
-                [m for m in methods if m != "dense"], distributions, sparsities
+            for method, init, distribution, sparsity in itertools.product(
+                [m for m in methods if m != "dense"], inits, distributions, sparsities
             ):
                 runs.append(
                     Run(
@@ -186,6 +222,7 @@ def plan(
                         seed=seed,
                         structure=structure or default_structure(method),
                         keep_dense=dense_layers,
+                        init=init,
                     )
                 )
     return runs
@@ -196,6 +233,8 @@ def config(run: Run) -> Config:
     method, variant = resolve(run.method)
     own = {option.name for option in lookup(method).options} if method != "dense" else set()
     options = {**DATASET_SETTINGS[run.dataset].get("options", {}), **variant}
+    if method == "imp":
+        options |= imp_options(run.sparsity)
     return Config(
         method=method,
         sparsity=run.sparsity,
@@ -203,6 +242,7 @@ def config(run: Run) -> Config:
         distribution="erk" if run.distribution == "-" else run.distribution,
         dense_first_layer=run.distribution == "uniform" and not run.keep_dense,
         keep_dense=run.keep_dense or None,
+        init=None if run.init == "-" else run.init,
         dataset=run.dataset,
         model=run.model,
         steps=run.steps,
@@ -213,6 +253,17 @@ def config(run: Run) -> Config:
         keep_checkpoints=1,
         options=tuple((name, value) for name, value in options.items() if name in own),
     )
+
+
+def imp_options(sparsity: float) -> dict[str, Any]:
+    """IMP's rounds and the fraction per round, ``1 - (1 - S)^(1/R)``, that end exactly at ``sparsity``.
+
+    Example:
+      >>> options = imp_options(0.9)
+      >>> options["imp_rounds"], round(options["imp_fraction"], 4)
+      (4, 0.4377)
+    """
+    return {"imp_rounds": IMP_ROUNDS, "imp_fraction": 1.0 - (1.0 - sparsity) ** (1.0 / IMP_ROUNDS)}
 
 
 def train_one(run: Run, cache_dir: str) -> dict[str, Any]:
@@ -232,6 +283,7 @@ def train_one(run: Run, cache_dir: str) -> dict[str, Any]:
         "training_flops_ratio": result.report["flops"]["training_ratio"],
         "inference_flops_ratio": result.report["flops"]["inference_ratio"],
         "wall_time_s": result.report["wall_time"],
+        "layer_collapse": result.report.get("init", {}).get("layer_collapse", 0),
         "git_commit": result.report["git_commit"],
     }
 
@@ -240,7 +292,9 @@ def read_rows(path: Path) -> list[dict[str, Any]]:
     """The finished runs in ``path`` (none if it does not exist), numbers parsed.
 
     A CSV written before the ``structure`` and ``keep_dense`` columns existed holds unstructured
-    runs with no layers named dense, and reads as such.
+    runs with no layers named dense, and reads as such; one from before ``init`` and
+    ``layer_collapse`` holds runs from their methods' own masks, whose layouts keep at least one
+    weight in every layer.
     """
     if not path.exists():
         return []
@@ -249,6 +303,8 @@ def read_rows(path: Path) -> list[dict[str, Any]]:
     for row in rows:
         row.setdefault("structure", "-" if row["method"] == "dense" else "unstructured")
         row.setdefault("keep_dense", "")
+        row.setdefault("init", "-")
+        row.setdefault("layer_collapse", 0)
     numeric = {
         "steps": int,
         "update_every": int,
@@ -260,6 +316,7 @@ def read_rows(path: Path) -> list[dict[str, Any]]:
         "training_flops_ratio": float,
         "inference_flops_ratio": float,
         "wall_time_s": float,
+        "layer_collapse": int,
     }
     return [{name: numeric.get(name, str)(value) for name, value in row.items()} for row in rows]
 
@@ -310,16 +367,17 @@ def _record_all(rows: Iterable[dict[str, Any]], csv_path: Path, total: int) -> N
     """Appends each finished run's row to the CSV as it arrives, and reports it."""
     for index, row in enumerate(rows, 1):
         append_row(csv_path, row)
+        init = "" if row["init"] == "-" else f" init {row['init']} ({row['layer_collapse']} layers empty)"
         print(
             f"[{index}/{total}] {row['dataset']} {row['method']} {row['structure']} {row['distribution']} "
-            f"{row['sparsity']:.2f} seed {row['seed']}: {row['accuracy']:.4f} ({row['wall_time_s']:.0f} s)",
+            f"{row['sparsity']:.2f}{init} seed {row['seed']}: {row['accuracy']:.4f} ({row['wall_time_s']:.0f} s)",
             flush=True,
         )
 
 
 def aggregate(rows: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
     """Mean and sample standard deviation of the accuracy over seeds, per cell of the grid."""
-    fields = ("dataset", "model", "steps", "method", "structure", "keep_dense", "distribution", "sparsity")
+    fields = ("dataset", "model", "steps", "method", "structure", "keep_dense", "init", "distribution", "sparsity")
     cells: dict[tuple, list[dict[str, Any]]] = {}
     for row in rows:
         cells.setdefault(tuple(row[name] for name in fields), []).append(row)
@@ -334,6 +392,7 @@ def aggregate(rows: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
                 "std": statistics.stdev(accuracies) if len(accuracies) > 1 else 0.0,
                 "measured_sparsity": statistics.mean(row["measured_sparsity"] for row in group),
                 "training_flops_ratio": statistics.mean(row["training_flops_ratio"] for row in group),
+                "layer_collapse": [row["layer_collapse"] for row in group],
             }
         )
     return table
@@ -351,28 +410,51 @@ def difference(better: dict[str, Any], worse: dict[str, Any]) -> dict[str, Any]:
 
 
 def orderings(table: Sequence[dict[str, Any]], high: float = 0.9) -> list[dict[str, Any]]:
-    """At each sparsity >= ``high``: is each dynamic method and gradual magnitude above static random masks?
+    """At each sparsity >= ``high``: dynamic methods and gradual magnitude above static masks, and :data:`PAIRS`.
 
-    Margins are in accuracy points and in standard errors of the difference (:func:`difference`).
+    Only rows from the methods' own initial masks take part (``init`` ``"-"``). Margins are in
+    accuracy points and in standard errors of the difference (:func:`difference`).
     """
-    cells = {(c["dataset"], c["distribution"], c["sparsity"], c["method"]): c for c in table}
+    cells = {
+        (c["dataset"], c["distribution"], c["sparsity"], c["method"]): c for c in table if c.get("init", "-") == "-"
+    }
+    pairs = [(method, "static") for method in (*DYNAMIC, "gradual_magnitude")] + list(PAIRS)
     checks = []
     for (dataset, distribution, sparsity, method), cell in sorted(cells.items()):
-        static = cells.get((dataset, distribution, sparsity, "static"))
-        if sparsity < high or static is None or method not in (*DYNAMIC, "gradual_magnitude"):
+        if sparsity < high:
             continue
-        margin = difference(cell, static)
-        checks.append(
-            {
-                "dataset": dataset,
-                "distribution": distribution,
-                "sparsity": sparsity,
-                "claim": f"{method} > static",
-                "holds": margin["margin_points"] > 0,
-                **margin,
-            }
-        )
+        for better, worse in pairs:
+            other = cells.get((dataset, distribution, sparsity, worse))
+            if better != method or other is None:
+                continue
+            margin = difference(cell, other)
+            checks.append(
+                {
+                    "dataset": dataset,
+                    "distribution": distribution,
+                    "sparsity": sparsity,
+                    "claim": f"{method} > {worse}",
+                    "holds": margin["margin_points"] > 0,
+                    **margin,
+                }
+            )
     return checks
+
+
+def orderings_markdown(checks: Sequence[dict[str, Any]]) -> str:
+    """The ordering checks as one Markdown table, margins in points and in standard errors."""
+    lines = [
+        "| data set | distribution | sparsity | claim | holds | margin (points) | margin (SE) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for check in checks:
+        se = check["margin_in_std_errors"]
+        lines.append(
+            f"| {check['dataset']} | {check['distribution']} | {100 * check['sparsity']:g}% | {check['claim']} | "
+            f"{'yes' if check['holds'] else 'no'} | {check['margin_points']:+.2f} | "
+            f"{'-' if se is None else f'{se:+.1f}'} |"
+        )
+    return "\n".join(lines) + "\n"
 
 
 def method_label(cell: dict[str, Any]) -> str:
@@ -384,10 +466,12 @@ def markdown(
     table: Sequence[dict[str, Any]],
     label: Callable[[dict[str, Any]], str] = method_label,
     order: Sequence[str] = TABLE_ORDER,
+    flops: bool = False,
 ) -> str:
     """One table per data set: ``label(cell)`` as rows, in ``order``; ``distribution sparsity`` as columns.
 
-    Each entry is ``mean ± std`` in %.
+    Each entry is ``mean ± std`` in %. With ``flops``, a second table per data set gives each cell's
+    training FLOPs relative to dense training (mean over seeds).
     """
     lines = []
     for dataset in sorted({c["dataset"] for c in table}):
@@ -395,21 +479,33 @@ def markdown(
         sparse = [c for c in cells if c["method"] != "dense"]
         columns = sorted({(c["distribution"], c["sparsity"]) for c in sparse}, key=lambda x: (x[0], x[1]))
         first = cells[0]
-        lines += [f"### {dataset} ({first['model']}, {first['steps']} steps, {first['seeds']} seeds)", ""]
-        lines.append("| method | " + " | ".join(f"{d} {100 * s:g}%" for d, s in columns) + " |")
-        lines.append("|---" * (len(columns) + 1) + "|")
+        by_key = {(label(c), c["distribution"], c["sparsity"]): c for c in sparse}
+        names = [n for n in order if any(label(c) == n for c in sparse)]
+        header = [
+            "| method | " + " | ".join(f"{d} {100 * s:g}%" for d, s in columns) + " |",
+            "|---" * (len(columns) + 1) + "|",
+        ]
+        lines += [f"### {dataset} ({first['model']}, {first['steps']} steps, {first['seeds']} seeds)", "", *header]
         for cell in cells:
             if cell["method"] == "dense":
                 dense = f"{100 * cell['mean']:.1f} ± {100 * cell['std']:.1f}"
                 lines.append(f"| dense | {dense} (all columns) |" + " |" * (len(columns) - 1))
-        by_key = {(label(c), c["distribution"], c["sparsity"]): c for c in sparse}
-        for name in [n for n in order if any(label(c) == n for c in sparse)]:
+        for name in names:
             row = [by_key.get((name, d, s)) for d, s in columns]
             lines.append(
                 f"| {name} | "
                 + " | ".join("" if c is None else f"{100 * c['mean']:.1f} ± {100 * c['std']:.1f}" for c in row)
                 + " |"
             )
+        if flops:
+            lines += ["", f"Training FLOPs relative to dense training ({dataset}):", "", *header]
+            for name in names:
+                row = [by_key.get((name, d, s)) for d, s in columns]
+                lines.append(
+                    f"| {name} | "
+                    + " | ".join("" if c is None else f"{c['training_flops_ratio']:.3g}" for c in row)
+                    + " |"
+                )
         lines.append("")
     return "\n".join(lines)
 
@@ -493,6 +589,13 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--steps", type=int, default=None, help="override every data set's number of steps")
     parser.add_argument("--update-every", type=int, default=50, help="steps between mask updates (default 50)")
     parser.add_argument("--jobs", type=int, default=1, help="runs trained at a time, one process each")
+    parser.add_argument(
+        "--inits",
+        nargs="+",
+        default=["-"],
+        choices=["-", *CRITERIA],
+        help="criteria scoring each sparse run's initial masks (Config.init; default '-': the method's own)",
+    )
     args = parser.parse_args(argv)
     if args.quick:
         args.datasets, args.sparsities, args.distributions, args.seeds = ["digits"], [0.9], ["erk"], 1
@@ -500,7 +603,16 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     out = output_path(args, "accuracy", "sweep")
     out.parent.mkdir(parents=True, exist_ok=True)
     datasets, skipped = available(args.datasets)
-    runs = plan(datasets, args.methods, args.sparsities, args.distributions, args.seeds, args.steps, args.update_every)
+    runs = plan(
+        datasets,
+        args.methods,
+        args.sparsities,
+        args.distributions,
+        args.seeds,
+        args.steps,
+        args.update_every,
+        inits=args.inits,
+    )
     csv_path = out.with_suffix(".csv")
     rows = run_all(runs, csv_path, args.jobs, COMPILATION_CACHE)
     wanted = {run.key() for run in runs}
@@ -513,15 +625,17 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             "datasets": DATASET_SETTINGS,
             "harness": "jaxsparse.training.Config defaults otherwise",
             "uniform": "first layer dense (Evci et al. 2020)",
+            "imp": f"{IMP_ROUNDS} rounds of fraction 1 - (1 - S)^(1/{IMP_ROUNDS}), steps per round, rewind to init",
             "accuracy": "test accuracy after the last step",
         },
         "skipped_datasets": skipped,
         "table": table,
         "orderings": orderings(table),
     }
-    out.with_suffix(".md").write_text(markdown(table))
+    text = markdown(table, flops=True)
+    out.with_suffix(".md").write_text(text + "\n### Orderings\n\n" + orderings_markdown(record["orderings"]))
     write_results(record, out, plot)
-    print(markdown(table))
+    print(text)
     return record
 
 
