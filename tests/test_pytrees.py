@@ -478,7 +478,7 @@ def test_integer_kernel_needs_keep_dense():
 @pytest.mark.parametrize("name", [m.name for m in jsp.algorithms.registered()])
 def test_three_tuples_and_none_leaves_in_params(name):
     """A 3-tuple (eqx.nn.MLP's layers) and None leaves (eqx.filter's output) are ordinary pytree nodes."""
-    algo = jsp.algorithms.lookup(name).make(0.5, options=SMALL_OPTIONS, update_every=1, end_step=10)
+    algo = jsp.algorithms.lookup(name).make(0.5, options=SMALL_OPTIONS, update_every=1, end_step=10, steps=3)
     params = {"layers": tuple(jnp.ones((8, 8)) * (i + 1) for i in range(3)), "act": None}
     tx = jsp.sparsify(optax.sgd(0.1), algo, key=jax.random.key(0))
     state = tx.init(params)

@@ -490,24 +490,27 @@ def markdown(
             if cell["method"] == "dense":
                 dense = f"{100 * cell['mean']:.1f} ± {100 * cell['std']:.1f}"
                 lines.append(f"| dense | {dense} (all columns) |" + " |" * (len(columns) - 1))
-        for name in names:
-            row = [by_key.get((name, d, s)) for d, s in columns]
-            lines.append(
-                f"| {name} | "
-                + " | ".join("" if c is None else f"{100 * c['mean']:.1f} ± {100 * c['std']:.1f}" for c in row)
-                + " |"
-            )
+        lines += _method_rows(names, columns, by_key, lambda c: f"{100 * c['mean']:.1f} ± {100 * c['std']:.1f}")
         if flops:
             lines += ["", f"Training FLOPs relative to dense training ({dataset}):", "", *header]
-            for name in names:
-                row = [by_key.get((name, d, s)) for d, s in columns]
-                lines.append(
-                    f"| {name} | "
-                    + " | ".join("" if c is None else f"{c['training_flops_ratio']:.3g}" for c in row)
-                    + " |"
-                )
+            lines += _method_rows(names, columns, by_key, lambda c: f"{c['training_flops_ratio']:.3g}")
         lines.append("")
     return "\n".join(lines)
+
+
+def _method_rows(
+    names: Sequence[str],
+    columns: Sequence[tuple[str, float]],
+    by_key: Mapping[tuple[str, str, float], dict[str, Any]],
+    entry: Callable[[dict[str, Any]], str],
+) -> list[str]:
+    """One Markdown line per method: ``entry(cell)`` in each column, empty where the cell did not run."""
+    return [
+        f"| {name} | "
+        + " | ".join("" if by_key.get((name, d, s)) is None else entry(by_key[name, d, s]) for d, s in columns)
+        + " |"
+        for name in names
+    ]
 
 
 def plot(
