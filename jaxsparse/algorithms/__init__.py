@@ -16,6 +16,7 @@ from jaxsparse.algorithms._base import (
     sparse_forward_cost,
 )
 from jaxsparse.algorithms._registry import Method, Option, Settings, lookup, register, registered
+from jaxsparse.algorithms._magnitude_pruning import SCOPES
 from jaxsparse.algorithms._static import Static, static
 from jaxsparse.algorithms._drop_and_grow import DropAndGrow, drop_and_regrow, drop_count, rigl, set_
 from jaxsparse.algorithms._top_kast import ExplorationPenalty, TopKast, top_kast
@@ -30,6 +31,7 @@ from jaxsparse.algorithms._snfs import SparseMomentum, SparseMomentumState, prun
 __all__ = [
     "GAMMA_SAL",
     "REWINDS",
+    "SCOPES",
     "AlgorithmState",
     "DropAndGrow",
     "ExplorationPenalty",

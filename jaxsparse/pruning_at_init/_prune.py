@@ -10,10 +10,11 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from jaxsparse.algorithms import SCOPES
 from jaxsparse.algorithms._factory_options import check_pooled_scope
 from jaxsparse.masks import Masks, Params, SparsityLayout, masks_from_leaves, random_masks
 from jaxsparse.pruning_at_init import _criteria, _synflow
-from jaxsparse.pruning_at_init._select import SCOPES, exponential_counts, group_scores, select
+from jaxsparse.pruning_at_init._select import exponential_counts, group_scores, select
 
 __all__ = ["CRITERIA", "prune_at_init"]
 

@@ -25,9 +25,7 @@ import numpy as np
 from jaxsparse.masks import LayerPlan
 from jaxsparse.selection import order_keys, top_k_mask
 
-__all__ = ["SCOPES", "exponential_counts", "group_scores", "select"]
-
-SCOPES = ("global", "layer")
+__all__ = ["exponential_counts", "group_scores", "select"]
 
 
 def group_scores(plan: LayerPlan, scores: jax.Array, signed: bool = False) -> jax.Array:

@@ -33,7 +33,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from jaxsparse.algorithms import Option, Settings, lookup, registered
+from jaxsparse.algorithms import SCOPES, Option, Settings, lookup, registered
 from jaxsparse.data import DATASETS
 from jaxsparse.distributions import DISTRIBUTIONS
 from jaxsparse.masks import fixed_sparsity, parse_structure
@@ -52,7 +52,6 @@ __all__ = [
 ]
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
-INIT_SCOPES = ("global", "layer")
 LR_SCHEDULES = ("constant", "cosine")
 
 
@@ -77,7 +76,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "optimizer": OPTIMIZERS,
     "lr_schedule": LR_SCHEDULES,
     "init": CRITERIA,
-    "init_scope": INIT_SCOPES,
+    "init_scope": SCOPES,
 }
 """The settings that take one of a fixed set of names, and those names (methods: :func:`method_names`)."""
 # Mask updates stop at 75% of training by default, as in RigL (Evci et al. 2020).
