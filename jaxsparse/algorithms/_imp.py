@@ -241,9 +241,9 @@ class IterativeMagnitude(SparseAlgorithm):
         del old, key
         if self.rewind == "none":
             return None
-        everywhere = jax.tree.map(lambda p: jnp.broadcast_to(is_update, jnp.shape(p)), params)
         if self.rewind == "lr":
             return ParamReset(jax.tree.map(lambda _: None, params), new, restart_optimizer=is_update)
+        everywhere = jax.tree.map(lambda p: jnp.broadcast_to(is_update, jnp.shape(p)), params)
         return ParamReset(state.rewind, everywhere, restart_optimizer=is_update, optimizer_step=self.rewind_step)
 
     def _sparsity_in_effect(self) -> np.ndarray:
