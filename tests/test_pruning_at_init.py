@@ -16,7 +16,7 @@ import jaxsparse as jsp
 from jaxsparse.masks import NM, OutputChannels, SparsityLayout
 from jaxsparse.pruning_at_init import CRITERIA, fit_layout, layer_collapse, prune_at_init
 from jaxsparse.pruning_at_init._criteria import grasp_scores
-from jaxsparse.pruning_at_init._select import exponential_counts
+from jaxsparse.pruning_at_init._rounds import exponential_counts
 from tests.helpers import make_batch, make_mlp, mlp_loss
 
 pytestmark = pytest.mark.usefixtures("fast_compiles")

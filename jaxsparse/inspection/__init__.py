@@ -1,4 +1,10 @@
-"""Inspecting sparsity: per-layer statistics, summary tables, theoretical FLOPs and the penalty."""
+"""Inspecting sparsity: per-layer statistics, summary tables, theoretical FLOPs and the penalty.
+
+Not provided: the "pruned parameter efficiency" metric that Hoefler, Alistarh, Ben-Nun, Dryden and
+Peste say they define ("Sparsity in Deep Learning", JMLR 22(241), 2021; arXiv:2102.00554). Its
+definition could not be verified against the paper's text, so the library does not guess one; a run's
+``summary.json`` reports accuracy, sparsity and the FLOPs ratios side by side instead.
+"""
 
 from jaxsparse.inspection._flops import inference_flops_ratio, layer_flops, training_flops_ratio
 from jaxsparse.inspection._penalty import penalty

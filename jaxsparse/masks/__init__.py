@@ -23,6 +23,7 @@ from jaxsparse.masks._masks import (
     masks_from_leaves,
     random_masks,
 )
+from jaxsparse.masks._scored import masks_from_scores
 from jaxsparse.masks._structure import (
     NM,
     Blocks,
@@ -63,6 +64,7 @@ __all__ = [
     "mask_leaves",
     "masked",
     "masks_from_leaves",
+    "masks_from_scores",
     "natural_key",
     "parse_structure",
     "random_masks",

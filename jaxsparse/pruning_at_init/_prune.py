@@ -13,8 +13,9 @@ from jax import lax
 from jaxsparse.algorithms import SCOPES
 from jaxsparse.algorithms._factory_options import check_pooled_scope
 from jaxsparse.masks import Masks, Params, SparsityLayout, masks_from_leaves, random_masks
+from jaxsparse.masks._scored import group_scores, layout_counts, masks_from_scores, select, tie_key
 from jaxsparse.pruning_at_init import _criteria, _synflow
-from jaxsparse.pruning_at_init._select import exponential_counts, group_scores, select
+from jaxsparse.pruning_at_init._rounds import exponential_counts
 
 __all__ = ["CRITERIA", "prune_at_init"]
 
@@ -23,21 +24,10 @@ CRITERIA: tuple[str, ...] = ("random", "magnitude", "snip", "grasp", "synflow")
 
 _SYNFLOW_ROUNDS = 100
 
-# Tie seeds come from their own stream of the key; the random criterion's draws use
-# ``fold_in(key, leaf_index)`` (those of ``random_masks``), so one key serves each use once.
-_TIE_STREAM = 0x7FFFFFFE
-
 
 def _indices(layout: SparsityLayout, params: Params):
     plans = layout.plan(params)
     return plans, [i for i, plan in enumerate(plans) if plan is not None]
-
-
-def _final_counts(plans, indices, scope: str):
-    """The layout's counts: the total for ``global``, each layer's per-row count for ``layer``."""
-    if scope == "global":
-        return sum(plans[i].active for i in indices)
-    return np.array([plans[i].row_active for i in indices], np.int32)
 
 
 def _assemble(params: Params, plans, indices, kept) -> Masks:
@@ -45,23 +35,6 @@ def _assemble(params: Params, plans, indices, kept) -> Masks:
     for i, mask in zip(indices, kept, strict=True):
         leaves[i] = mask
     return masks_from_leaves(params, leaves)
-
-
-@functools.partial(jax.jit, static_argnames=("layout", "scope", "signed"))
-def _select_scores(layout: SparsityLayout, scope: str, signed: bool, params: Params, scores: Params, key) -> Masks:
-    """Masks keeping the largest element ``scores`` (a tree with ``None`` at dense leaves), one shot."""
-    plans, indices = _indices(layout, params)
-    leaves = jax.tree.structure(params).flatten_up_to(scores)
-    grouped = [group_scores(plans[i], leaves[i], signed) for i in indices]
-    kept = select(
-        [plans[i] for i in indices],
-        grouped,
-        _final_counts(plans, indices, scope),
-        [None] * len(indices),
-        scope,
-        jax.random.fold_in(key, _TIE_STREAM),
-    )
-    return _assemble(params, plans, indices, kept)
 
 
 @functools.partial(jax.jit, static_argnames="layout")
@@ -88,11 +61,11 @@ def _synflow_masks(
     chosen = [plans[i] for i in indices]
     if scope == "global":
         total = sum(plan.size for plan in chosen)
-        counts = jnp.asarray(exponential_counts(_final_counts(plans, indices, scope), total, rounds), jnp.int32)
+        counts = jnp.asarray(exponential_counts(layout_counts(plans, scope), total, rounds), jnp.int32)
     else:
         per_layer = [exponential_counts(plan.row_active, plan.row_size, rounds) for plan in chosen]
         counts = jnp.asarray(np.stack(per_layer, axis=1), jnp.int32)  # (rounds, layers)
-    tie_root = jax.random.fold_in(key, _TIE_STREAM)
+    tie_root = tie_key(key)
 
     def one_round(r, carry):
         kept, status, failed_at = carry
@@ -292,7 +265,9 @@ def prune_at_init(
     if criterion == "random" and scope == "layer":
         return _random_layer(layout, params, key)
     if criterion in ("random", "magnitude"):
-        return _select_scores(layout, scope, False, params, _data_free_scores(layout, criterion, params, key), key)
+        return masks_from_scores(
+            layout, params, _data_free_scores(layout, criterion, params, key), key=key, scope=scope
+        )
     if criterion == "synflow":
         _missing(criterion, apply_fn=apply_fn, inputs=inputs)
         masks, status, failed_at = _synflow_masks(layout, scope, rounds, apply_fn, params, inputs, key)
@@ -304,6 +279,5 @@ def prune_at_init(
         raise ValueError(f"batches is empty: {criterion!r} needs at least one batch for loss_fn, e.g. [batch].")
     score = _criteria.snip_scores if criterion == "snip" else _criteria.grasp_scores
     scores = masks_from_leaves(params, score(loss_fn, params, batches, plans))
-    # Signed scores are grouped differently only where groups have several weights.
-    signed = criterion == "grasp" and any(plan is not None and plan.group_size > 1 for plan in plans)
-    return _select_scores(layout, scope, signed, params, scores, key)
+    reduction = "sum" if criterion == "grasp" else "norm"
+    return masks_from_scores(layout, params, scores, key=key, scope=scope, reduction=reduction)
