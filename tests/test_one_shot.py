@@ -483,3 +483,18 @@ def test_sequential_sparsegpt_sees_the_pruned_earlier_layers():
     np.testing.assert_array_equal(result.masks["Dense_1"]["kernel"], mask)
     np.testing.assert_array_equal(parallel.params["Dense_0"]["kernel"], first["kernel"])
     assert not np.allclose(parallel.params["Dense_1"]["kernel"], weight)
+
+
+def test_woodfisher_under_a_memory_budget_streams_the_leaves_to_the_same_result():
+    params, _, loss_fn, batches = _two_layer()
+    whole = prune_one_shot("woodfisher", params, KERNELS, key=KEY, loss_fn=loss_fn, batches=batches, block_size=16)
+    # 12x8 and 8x6 kernels with blocks of 16: 6144 and 3072 bytes; 7000 bytes holds one at a time.
+    streamed = prune_one_shot(
+        "woodfisher", params, KERNELS, key=KEY, loss_fn=loss_fn, batches=batches, block_size=16, fisher_memory=7000
+    )
+    jax.tree.map(np.testing.assert_array_equal, whole.masks, streamed.masks)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), whole.params, streamed.params)
+    from jaxsparse.one_shot._gradients import fisher_groups
+
+    assert fisher_groups([96, 48], [0, 1], 16, 7000) == [[0], [1]]
+    assert fisher_groups([96, 48], [0, 1], 16, 2**30) == [[0, 1]]

@@ -23,7 +23,14 @@ from jaxsparse.masks import LayerPlan, Params
 from jaxsparse.masks._scored import group_scores
 from jaxsparse.one_shot import _woodfisher
 
-__all__ = ["diagonal_fisher", "example_count", "per_example_gradients", "taylor_scores", "woodfisher_inverses"]
+__all__ = [
+    "diagonal_fisher",
+    "example_count",
+    "fisher_groups",
+    "per_example_gradients",
+    "taylor_scores",
+    "woodfisher_inverses",
+]
 
 Loss = Callable[[Params, object], jax.Array]
 
@@ -91,24 +98,52 @@ def diagonal_fisher(loss_fn: Loss, params: Params, batches: Sequence, chosen: Se
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1, 2))
-def _woodbury_batch(loss_fn: Loss, chosen: tuple[bool, ...], count: int, params: Params, batch, inverses: list):
-    grads = jax.tree.leaves(per_example_gradients(loss_fn, params, batch))
+def _woodbury_batch(loss_fn: Loss, group: tuple[int, ...], count: int, params: Params, batch, inverses: list):
+    """One batch's Woodbury updates of the inverses of the leaves in ``group`` (only their gradients are formed)."""
+    leaves, treedef = jax.tree.flatten(params)
+
+    def loss_of(chosen, example):
+        full = list(leaves)
+        for index, leaf in zip(group, chosen, strict=True):
+            full[index] = leaf
+        return loss_fn(jax.tree.unflatten(treedef, full), jax.tree.map(lambda a: a[None], example))
+
+    grads = jax.vmap(jax.grad(loss_of), in_axes=(None, 0))([leaves[i] for i in group], batch)
     return [
-        inverse if not c else _woodfisher.woodbury_update(inverse, g.reshape(g.shape[0], -1), count)
-        for c, g, inverse in zip(chosen, grads, inverses, strict=True)
+        _woodfisher.woodbury_update(inverse, g.reshape(g.shape[0], -1), count)
+        for g, inverse in zip(grads, inverses, strict=True)
     ]
 
 
 def woodfisher_inverses(
-    loss_fn: Loss, params: Params, batches: Sequence, chosen: Sequence[bool], *, block_size: int, damping: float
+    loss_fn: Loss, params: Params, batches: Sequence, group: Sequence[int], *, block_size: int, damping: float
 ) -> list:
-    """The block-diagonal ``(damping I + F)^{-1}`` of each ``chosen`` leaf, by Woodbury updates over the examples."""
+    """The block-diagonal ``(damping I + F)^{-1}`` of each leaf in ``group``, by Woodbury updates over the examples.
+
+    One pass over ``batches``; the per-example gradients formed are those of ``group``'s leaves only.
+    """
     count = sum(example_count(batch) for batch in batches)
     leaves = jax.tree.leaves(params)
-    inverses = [
-        _woodfisher.fisher_inverse_init(leaf.size, block_size, damping) if c else None
-        for c, leaf in zip(chosen, leaves, strict=True)
-    ]
+    inverses = [_woodfisher.fisher_inverse_init(leaves[i].size, block_size, damping) for i in group]
     for batch in batches:
-        inverses = _woodbury_batch(loss_fn, tuple(chosen), count, params, batch, inverses)
+        inverses = _woodbury_batch(loss_fn, tuple(group), count, params, batch, inverses)
     return inverses
+
+
+def fisher_groups(sizes: Sequence[int], indices: Sequence[int], block_size: int, budget: int) -> list[list[int]]:
+    """``indices`` cut, in order, into groups whose Fisher blocks fit ``budget`` bytes.
+
+    A leaf of ``size`` weights has ``4 size min(block_size, size)`` bytes of float32 blocks.
+
+    A leaf larger than the budget alone is a group of its own.
+    """
+    groups: list[list[int]] = [[]]
+    used = 0
+    for index in indices:
+        need = 4 * sizes[index] * min(block_size, sizes[index])
+        if groups[-1] and used + need > budget:
+            groups.append([])
+            used = 0
+        groups[-1].append(index)
+        used += need
+    return groups

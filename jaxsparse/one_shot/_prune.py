@@ -89,32 +89,61 @@ def _apply_masks(params: Params, plans, masks: Masks) -> Params:
     return jax.tree.unflatten(jax.tree.structure(params), out)
 
 
-def _element_scores(criterion, params, plans, chosen, loss_fn, batches, block_size, damping):
-    """Per-weight scores (``reduction``) for the criteria ranked by one global or layer selection."""
+def _element_scores(criterion, params, plans, chosen, loss_fn, batches):
+    """Magnitude's, Taylor's (per group) or OBD's scores, and how a group's scores reduce to one."""
     leaves = jax.tree.leaves(params)
     names = [None if plan is None else plan.name for plan in plans]
     if criterion == "magnitude":
-        return [None if plan is None else jnp.abs(leaf) for plan, leaf in zip(plans, leaves, strict=True)], "norm", None
+        return [None if plan is None else jnp.abs(leaf) for plan, leaf in zip(plans, leaves, strict=True)], "norm"
     if criterion == "taylor":
-        return _gradients.taylor_scores(loss_fn, params, batches, plans), "none", None
-    if criterion == "obd":
-        fisher = _gradients.diagonal_fisher(loss_fn, params, batches, chosen)
-        for name, f in zip(names, fisher, strict=True):
-            if f is not None:
-                _check_finite(name, "empirical Fisher diagonal", f, "a gradient overflowed; check the model and loss.")
-        scores = [None if f is None else 0.5 * jnp.square(leaf) * f for f, leaf in zip(fisher, leaves, strict=True)]
-        return scores, "sum", None
-    inverses = _gradients.woodfisher_inverses(loss_fn, params, batches, chosen, block_size=block_size, damping=damping)
-    for name, inverse in zip(names, inverses, strict=True):
-        if inverse is not None:
-            _check_finite(
-                name, "inverse Fisher block", inverse, f"raise damping (now {damping:g}) or check the gradients."
-            )
-    scores = [
-        None if inverse is None else _woodfisher.obs_saliency(leaf, inverse)
-        for inverse, leaf in zip(inverses, leaves, strict=True)
-    ]
-    return scores, "sum", inverses
+        return _gradients.taylor_scores(loss_fn, params, batches, plans), "none"
+    fisher = _gradients.diagonal_fisher(loss_fn, params, batches, chosen)  # obd
+    for name, f in zip(names, fisher, strict=True):
+        if f is not None:
+            _check_finite(name, "empirical Fisher diagonal", f, "a gradient overflowed; check the model and loss.")
+    return [None if f is None else 0.5 * jnp.square(leaf) * f for f, leaf in zip(fisher, leaves, strict=True)], "sum"
+
+
+def _woodfisher_group(loss_fn, params, plans, batches, group, block_size, damping) -> list:
+    """The inverse Fisher blocks of ``group``'s leaves, checked finite."""
+    inverses = _gradients.woodfisher_inverses(loss_fn, params, batches, group, block_size=block_size, damping=damping)
+    for index, inverse in zip(group, inverses, strict=True):
+        _check_finite(
+            plans[index].name,
+            "inverse Fisher block",
+            inverse,
+            f"raise damping (now {damping:g}) or check the gradients.",
+        )
+    return inverses
+
+
+def _woodfisher_prune(layout, scope, key, params, plans, chosen_indices, loss_fn, batches, block_size, damping, budget):
+    """WoodFisher: saliencies, one selection, then the OBS step, holding at most ``budget`` bytes of Fisher blocks.
+
+    When every sparsified leaf's blocks fit the budget, one pass over the calibration data scores and
+    compensates. Otherwise the leaves are taken in groups that fit, twice: once to score (the
+    selection needs every score at global scope), once to compensate.
+    """
+    leaves = list(jax.tree.leaves(params))
+    groups = _gradients.fisher_groups([leaf.size for leaf in leaves], chosen_indices, block_size, budget)
+    scores = [None] * len(leaves)
+    kept_inverses = {}
+    for group in groups:
+        inverses = _woodfisher_group(loss_fn, params, plans, batches, group, block_size, damping)
+        for index, inverse in zip(group, inverses, strict=True):
+            scores[index] = _woodfisher.obs_saliency(leaves[index], inverse)
+            if len(groups) == 1:
+                kept_inverses[index] = inverse
+    masks = masks_from_scores(layout, params, masks_from_leaves(params, scores), key=key, scope=scope, reduction="sum")
+    mask_leaves = jax.tree.structure(params).flatten_up_to(masks)
+    for group in groups:
+        inverses = [kept_inverses[i] for i in group] if kept_inverses else None
+        if inverses is None:
+            inverses = _woodfisher_group(loss_fn, params, plans, batches, group, block_size, damping)
+        for index, inverse in zip(group, inverses, strict=True):
+            pruned = ~plans[index].structure.expand(mask_leaves[index], plans[index].shape)
+            leaves[index] = _woodfisher.obs_update(leaves[index], inverse, pruned)
+    return jax.tree.unflatten(jax.tree.structure(params), leaves), masks
 
 
 @functools.partial(jax.jit, static_argnames=("product", "nm", "kept", "block_size", "damping"))
@@ -207,6 +236,7 @@ def prune_one_shot(
     block_size: int | None = None,
     damping: float | None = None,
     sequential: bool = True,
+    fisher_memory: int = 2**30,
 ) -> OneShotResult:
     """Prunes a trained model in one shot, with exactly the layout's counts.
 
@@ -245,9 +275,10 @@ def prune_one_shot(
 
     **Memory** (``P`` parameters, ``B`` examples per batch, ``d_in`` a layer's input size):
     magnitude ``P``; taylor ``2P``; obd ``B P`` per-example gradients plus ``P``; woodfisher
-    ``B P`` plus ``P x block_size`` for every sparsified leaf's blocks; sparsegpt ``d_in^2`` for one
-    layer at a time plus one batch's activations; wanda ``d_in`` per layer. Batches stream: only one
-    is on the device at a time.
+    ``B P_g`` per-example gradients and ``4 P_g block_size`` bytes of Fisher blocks for a group of
+    leaves with ``P_g`` weights that fits ``fisher_memory`` (all leaves at once when they fit);
+    sparsegpt ``d_in^2`` for one layer at a time plus one batch's activations; wanda ``d_in`` per
+    layer. Batches stream: only one is on the device at a time.
 
     Args:
       criterion: one of :data:`CRITERIA`.
@@ -265,6 +296,9 @@ def prune_one_shot(
       damping: WoodFisher's ``lambda`` added to ``F`` (default 1e-5), or SparseGPT's relative
         ``lambda`` (default 0.01).
       sequential: SparseGPT and Wanda: capture each layer's inputs after pruning the earlier layers.
+      fisher_memory: WoodFisher: the most bytes of Fisher blocks held at once (default 1 GiB). When
+        the sparsified leaves' blocks do not all fit, leaves are processed in groups that do, with
+        two passes over the calibration data per group (score, then compensate).
 
     Returns:
       An :class:`OneShotResult` ``(params, masks)``.
@@ -310,6 +344,8 @@ def prune_one_shot(
         raise ValueError(f"block_size must be a positive integer, got {block_size!r}.")
     if criterion in _DEFAULTS and not (isinstance(damping, (int, float)) and np.isfinite(damping) and damping > 0):
         raise ValueError(f"damping must be a positive finite number, got {damping!r}.")
+    if isinstance(fisher_memory, bool) or not isinstance(fisher_memory, int) or fisher_memory < 1:
+        raise ValueError(f"fisher_memory must be a positive number of bytes, got {fisher_memory!r}.")
     if criterion in _STRUCTURES:
         allowed = _STRUCTURES[criterion]
         for plan in plans:
@@ -342,24 +378,14 @@ def prune_one_shot(
             )
         batches = _check_batches(criterion, batches, "(inputs, labels) batches for loss_fn")
         _check_fits(loss_fn, "loss_fn", params, batches)
+    if criterion == "woodfisher":
+        params, masks = _woodfisher_prune(
+            layout, scope, key, params, plans, chosen_indices, loss_fn, batches, block_size, damping, fisher_memory
+        )
+        return OneShotResult(_apply_masks(params, plans, masks), masks)
     chosen = [plan is not None for plan in plans]
-    scores, reduction, inverses = _element_scores(
-        criterion, params, plans, chosen, loss_fn, batches, block_size, damping
-    )
+    scores, reduction = _element_scores(criterion, params, plans, chosen, loss_fn, batches)
     masks = masks_from_scores(
         layout, params, masks_from_leaves(params, scores), key=key, scope=scope, reduction=reduction
     )
-    if inverses is not None:
-        params = _compensate(params, plans, masks, inverses)
     return OneShotResult(_apply_masks(params, plans, masks), masks)
-
-
-def _compensate(params: Params, plans, masks: Masks, inverses) -> Params:
-    """WoodFisher's OBS step on every sparsified leaf, from its pruned set."""
-    leaves = jax.tree.leaves(params)
-    mask_leaves = jax.tree.structure(params).flatten_up_to(masks)
-    out = [
-        leaf if plan is None else _woodfisher.obs_update(leaf, inverse, ~plan.structure.expand(mask, plan.shape))
-        for plan, leaf, mask, inverse in zip(plans, leaves, mask_leaves, inverses, strict=True)
-    ]
-    return jax.tree.unflatten(jax.tree.structure(params), out)
