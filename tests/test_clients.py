@@ -282,3 +282,20 @@ def test_the_when_to_prune_section_runs():
     planned = [plan.active for plan in namespace["static"].plan(namespace["params"]) if plan is not None]
     assert [int(m.sum()) for m in jax.tree.leaves(jsp.masks_of(state))] == planned
     assert namespace["ticket"].name == "imp" and namespace["snfs"].name == "snfs"
+
+
+def test_the_pruning_a_trained_model_section_runs():
+    """The README's one-shot example runs as shown: exact counts, zeros off the masks, 2:4 groups."""
+    (block,) = readme_blocks("### Pruning a trained model")
+    namespace: dict = {}
+    exec(block, namespace)
+    params, layout = namespace["params"], namespace["layout"]
+    planned = [plan.active for plan in layout.plan(params) if plan is not None]
+    for result in (namespace["gpt"], namespace["obs"]):
+        masks = [m for m in jax.tree.leaves(result.masks)]
+        assert [int(m.sum()) for m in masks] == planned
+        kernels = [result.params[f"layer_{i}"]["kernel"] for i in range(3)]
+        assert all(np.all(np.asarray(k)[~np.asarray(m)] == 0) for k, m in zip(kernels, masks, strict=True))
+    for mask in jax.tree.leaves(namespace["nm"].masks):
+        np.testing.assert_array_equal(np.asarray(mask).reshape(-1, 4, mask.shape[-1]).sum(axis=1), 2)
+    assert_exactly_sparse(namespace["gpt"].params, namespace["state"])
