@@ -20,16 +20,19 @@ from jaxsparse.algorithms._magnitude_pruning import SCOPES
 from jaxsparse.algorithms._static import Static, static
 from jaxsparse.algorithms._drop_and_grow import DropAndGrow, drop_and_regrow, drop_count, rigl, set_
 from jaxsparse.algorithms._top_kast import ExplorationPenalty, TopKast, top_kast
-from jaxsparse.algorithms._gradual_magnitude import GradualMagnitude, gradual_magnitude
+from jaxsparse.algorithms._gradual_magnitude import GRADUAL_CRITERIA, GradualMagnitude, GradualState, gradual_magnitude
 from jaxsparse.algorithms._gap import GapState, GrowAndPrune, gap, gap_partitions
 from jaxsparse.algorithms._parallel_gap import ParallelGrowAndPrune, parallel_gap, replica_axes
 from jaxsparse.algorithms._srigl import GAMMA_SAL, StructuredRigL, srigl
 from jaxsparse.algorithms._nm_ste import NMSte, SparseRefinedDecay, magnitude_masks, nm_sr_ste, nm_ste
 from jaxsparse.algorithms._imp import REWINDS, ImpState, IterativeMagnitude, imp, imp_sparsity, parse_rewind
 from jaxsparse.algorithms._snfs import SparseMomentum, SparseMomentumState, prune_count, regrowth_counts, snfs
+from jaxsparse.algorithms._movement import MOVEMENT_VARIANTS, MovementPruning, MovementState, movement
 
 __all__ = [
     "GAMMA_SAL",
+    "GRADUAL_CRITERIA",
+    "MOVEMENT_VARIANTS",
     "REWINDS",
     "SCOPES",
     "AlgorithmState",
@@ -37,10 +40,13 @@ __all__ = [
     "ExplorationPenalty",
     "GapState",
     "GradualMagnitude",
+    "GradualState",
     "GrowAndPrune",
     "ImpState",
     "IterativeMagnitude",
     "Method",
+    "MovementPruning",
+    "MovementState",
     "NMSte",
     "Option",
     "ParallelGrowAndPrune",
@@ -65,6 +71,7 @@ __all__ = [
     "lookup",
     "magnitude_masks",
     "masked_backward_cost",
+    "movement",
     "newly_active",
     "nm_sr_ste",
     "nm_ste",

@@ -19,8 +19,8 @@ from collections.abc import Callable, Sequence
 import jax
 import jax.numpy as jnp
 
+from jaxsparse.algorithms._magnitude_pruning import first_order
 from jaxsparse.masks import LayerPlan, Params
-from jaxsparse.masks._scored import group_scores
 from jaxsparse.one_shot import _woodfisher
 
 __all__ = [
@@ -60,7 +60,7 @@ def per_example_gradients(loss_fn: Loss, params: Params, batch) -> Params:
 def _taylor_batch(loss_fn: Loss, plans: tuple[LayerPlan | None, ...], params: Params, batch) -> list:
     grads = jax.tree.leaves(jax.grad(loss_fn)(params, batch))
     return [
-        None if plan is None else jnp.square(group_scores(plan, g * leaf, summed=True))
+        None if plan is None else jnp.square(first_order(plan, leaf, g))
         for plan, g, leaf in zip(plans, grads, jax.tree.leaves(params), strict=True)
     ]
 
