@@ -498,3 +498,22 @@ def test_woodfisher_under_a_memory_budget_streams_the_leaves_to_the_same_result(
 
     assert fisher_groups([96, 48], [0, 1], 16, 7000) == [[0], [1]]
     assert fisher_groups([96, 48], [0, 1], 16, 2**30) == [[0, 1]]
+
+
+def test_an_equinox_model_with_out_by_in_weights_is_compared_per_output():
+    import equinox as eqx
+
+    model = eqx.nn.MLP(8, 3, 16, 2, key=jax.random.key(0))
+    params, static = eqx.partition(model, eqx.is_array)
+
+    def apply_fn(p, x):
+        return jax.vmap(eqx.combine(p, static))(x)
+
+    x = jax.random.normal(KEY, (32, 8))
+    result = prune_one_shot("wanda", params, KERNELS, key=KEY, apply_fn=apply_fn, batches=[x])
+    weight, mask = np.asarray(params.layers[0].weight), np.asarray(result.masks.layers[0].weight)
+    np.testing.assert_array_equal(mask.sum(axis=1), 4)  # (out, in): each of the 16 outputs keeps 4 of 8
+    score = np.abs(weight) * np.linalg.norm(np.asarray(x), axis=0)[None, :]
+    assert all(score[o, mask[o]].min() >= score[o, ~mask[o]].max() for o in range(16))
+    gpt = prune_one_shot("sparsegpt", params, KERNELS, key=KEY, apply_fn=apply_fn, batches=[x])
+    assert [int(m.sum()) for m in jax.tree.leaves(gpt.masks)] == [64, 128, 24]
