@@ -517,3 +517,15 @@ def test_an_equinox_model_with_out_by_in_weights_is_compared_per_output():
     assert all(score[o, mask[o]].min() >= score[o, ~mask[o]].max() for o in range(16))
     gpt = prune_one_shot("sparsegpt", params, KERNELS, key=KEY, apply_fn=apply_fn, batches=[x])
     assert [int(m.sum()) for m in jax.tree.leaves(gpt.masks)] == [64, 128, 24]
+
+
+@pytest.mark.parametrize("criterion", ["sparsegpt", "wanda"])
+def test_non_finite_layer_inputs_name_the_layer(criterion):
+    params = {"a": jnp.ones((4, 4)), "b": jnp.ones((4, 4))}
+
+    def apply_fn(p, x):
+        return jnp.exp(x @ p["a"] * 100.0) @ p["b"]  # the second layer's inputs overflow to inf
+
+    x = jnp.ones((3, 4))
+    with pytest.raises(FloatingPointError, match="layer 'b' is not finite"):
+        prune_one_shot(criterion, params, KERNELS, key=KEY, apply_fn=apply_fn, batches=[x], sequential=False)
