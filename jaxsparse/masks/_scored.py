@@ -134,8 +134,9 @@ def masks_from_scores(
     Element scores are reduced to one per group (``reduction="norm"``: the L2 norm, or for ``uint32``
     draws the maximum; ``"sum"``: the sum, for additive or signed criteria; ``"none"``: the scores
     are already one per group, of each leaf's mask shape) and the largest kept: ``scope="layer"``
-    keeps each layer's ``row_active`` per row, ``scope="global"`` one threshold keeping ``sum_l active_l`` in total (refused for row-wise
-    structures by the callers that accept a scope). Ties are broken by a hash of the position keyed
+    keeps each layer's ``row_active`` per row, ``scope="global"`` one threshold keeping
+    ``sum_l active_l`` in total (refused for row-wise structures by the callers that accept a
+    scope). Ties are broken by a hash of the position keyed
     by ``key``: the same key gives the same masks.
 
     Args:
