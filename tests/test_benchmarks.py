@@ -311,3 +311,68 @@ def test_versus_commit_quick_times_both_versions_side_by_side(tmp_path):
     for cell in result["ratio_to_dense"].values():
         assert cell["earlier"] > 0 and cell["current"] > 0
         assert cell["current_over_earlier"] == pytest.approx(cell["current"] / cell["earlier"])
+
+
+def test_one_shot_quick_prunes_exact_counts_fine_tunes_on_the_masks_and_resumes(tmp_path, capsys):
+    from benchmarks.accuracy import one_shot
+
+    out = tmp_path / "one_shot.json"
+    record = one_shot.main(["--quick", "--out", str(out)])
+    written = _written(out)
+    assert written["table"] == record["table"] and written["all_exact_counts"] and written["all_zero_off_mask"]
+    rows = one_shot.read_rows(out.with_suffix(".csv"))
+    (calibration,) = one_shot.QUICK["calibrations"]
+    assert sorted((row["criterion"], row["calibration"]) for row in rows) == [
+        ("magnitude", 0),  # reads no calibration data: run once
+        ("sparsegpt", calibration),
+        ("wanda", calibration),
+    ]
+    for row in rows:
+        assert row["level"] == "0.5" and row["measured_sparsity"] == 0.5  # 512 of the 32x32 middle kernel's 1024
+        assert row["exact_counts"] and row["zero_off_mask"]
+        for name in ("dense_accuracy", "accuracy", "finetuned_accuracy"):
+            assert 0.0 <= row[name] <= 1.0
+    assert len({row["dense_accuracy"] for row in rows}) == 1  # every criterion prunes the same dense model
+    assert {(c["pair"], c["level"]) for c in record["orderings"]} == {
+        ("sparsegpt >= wanda", "0.5"),
+        ("wanda >= magnitude", "0.5"),
+    }
+    by = {cell["criterion"]: cell for cell in record["table"]}
+    check = next(c for c in record["orderings"] if c["pair"] == "wanda >= magnitude")
+    assert check["margin_points"] == pytest.approx(
+        100 * (by["wanda"]["one_shot"]["mean"] - by["magnitude"]["one_shot"]["mean"])
+    )
+    assert "| sparsegpt | " in out.with_suffix(".md").read_text()
+    assert one_shot.dense_path(one_shot.dense_dir_of(out), one_shot.quick_setup(), "mlp", 0).exists()
+    capsys.readouterr()
+    one_shot.main(["--quick", "--out", str(out)])  # the CSV holds every pruning and the dense model is cached
+    assert " -> " not in capsys.readouterr().out and len(one_shot.read_rows(out.with_suffix(".csv"))) == 3
+    paired = one_shot.margin(
+        {"seeds_run": [0, 1, 2], "one_shot_per_seed": [0.80, 0.70, 0.90]},
+        {"seeds_run": [0, 1, 2], "one_shot_per_seed": [0.70, 0.62, 0.78]},
+    )  # differences 10, 8, 12 points: mean 10, standard error 2 / sqrt(3)
+    assert paired["margin_points"] == pytest.approx(10.0)
+    assert paired["margin_in_paired_std_errors"] == pytest.approx(10.0 / (2.0 / math.sqrt(3)))
+
+
+def test_one_shot_cost_quick_times_and_measures_the_memory_of_each_criterion(tmp_path):
+    from benchmarks.speed import one_shot_cost
+
+    out = tmp_path / "one_shot_cost.json"
+    record = one_shot_cost.main(["--quick", "--out", str(out)])
+    (result,) = _written(out)["results"]
+    assert result == record["results"][0]
+    (workload,) = one_shot_cost.QUICK_WORKLOADS
+    widths = (40, workload.hidden, workload.hidden, 10)
+    kernels = sum(a * b for a, b in zip(widths, widths[1:], strict=False))
+    assert result["sizes"]["params"] == kernels + sum(widths[1:]) and result["sizes"]["sparsified_params"] == kernels
+    assert set(result["criteria"]) == set(result["memory"]) == set(one_shot_cost.QUICK_CRITERIA)
+    for criterion in one_shot_cost.QUICK_CRITERIA:
+        timing, memory = result["criteria"][criterion], result["memory"][criterion]
+        assert timing["run"]["n"] == 2 and 0 < timing["run"]["min_ms"] <= timing["run"]["median_ms"]
+        assert timing["first_call_s"] > 0
+        assert 0 < memory["rss_after_build_bytes"] <= memory["peak_first_call_bytes"]
+        assert memory["extra_first_call_bytes"] == memory["peak_first_call_bytes"] - memory["rss_after_build_bytes"]
+        assert memory["extra_compiled_call_bytes"] >= 0  # the peak was reset to the resident set before the call
+        assert memory["rss_before_second_call_bytes"] <= memory["peak_second_call_bytes"]
+    assert "| mlp-16 |" in out.with_suffix(".md").read_text()
