@@ -9,6 +9,7 @@ versions, the git commit of the code that produced it, the command line and the 
 from __future__ import annotations
 
 import argparse
+import csv
 import datetime
 import json
 import os
@@ -17,7 +18,7 @@ import random
 import statistics
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -138,3 +139,16 @@ def write_results(record: dict[str, Any], path: Path, plot: Callable[[dict[str, 
     plt.close(figure)
     print(f"wrote {path} and {png}", flush=True)
     return png
+
+
+def append_csv_rows(path: Path, columns: Sequence[str], rows: Sequence[dict[str, Any]]) -> None:
+    """Appends ``rows`` (their ``columns``, in order) to the CSV at ``path``, writing the header first if it is new.
+
+    The accuracy studies append each finished run, so an interrupted study resumes from its CSV.
+    """
+    new = not path.exists()
+    with path.open("a", newline="") as file:
+        writer = csv.DictWriter(file, fieldnames=list(columns))
+        if new:
+            writer.writeheader()
+        writer.writerows({name: row[name] for name in columns} for row in rows)

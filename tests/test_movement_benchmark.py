@@ -74,9 +74,11 @@ def test_movement_quick_fine_tunes_every_method_and_resumes(tmp_path):
             assert 0.0 <= row["measured_sparsity"] <= 1.0
         else:
             assert row["measured_sparsity"] == 0.0
-    pretrained = next(row for row in evals if row["method"] == "pretrained")
-    assert pretrained["relative_change"] == 0.0
-    assert all(row["relative_change"] > 0 for row in evals if row["method"] != "pretrained")
+    for row in evals:  # the untouched model and the probe's frozen features keep the pretrained kernels exactly
+        if row["method"] in ("pretrained", "linear_probe"):
+            assert row["relative_change"] == 0.0
+        else:
+            assert row["relative_change"] > 0.0
 
     chosen = {soft["setting"]: soft for soft in record["tuning"]["soft"]}
     assert set(chosen) == {"transfer", "same_task"}

@@ -80,7 +80,7 @@ from matplotlib.figure import Figure
 
 import jaxsparse as jsp
 from benchmarks.accuracy import sweep
-from benchmarks.common import COMPILATION_CACHE, RESULTS, argument_parser, output_path, write_results
+from benchmarks.common import COMPILATION_CACHE, RESULTS, append_csv_rows, argument_parser, output_path, write_results
 from jaxsparse.inspection import layer_flops, training_flops_ratio
 from jaxsparse.pruning_at_init import fit_layout
 from jaxsparse.training import compilation_cache, git_commit
@@ -346,12 +346,7 @@ def read_rows(path: Path) -> list[dict[str, Any]]:
 
 
 def append_rows(path: Path, rows: Sequence[dict[str, Any]]) -> None:
-    new = not path.exists()
-    with path.open("a", newline="") as file:
-        writer = csv.DictWriter(file, fieldnames=COLUMNS)
-        if new:
-            writer.writeheader()
-        writer.writerows({name: row[name] for name in COLUMNS} for row in rows)
+    append_csv_rows(path, COLUMNS, rows)
 
 
 def aggregate(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -45,8 +45,12 @@ low sparsity. The paper fine-tunes BERT-base on SQuAD, MNLI and QQP. Here, at sm
     :data:`SCORE_LEARNING_RATES`, ``lambda`` is bisected (in ``log lambda``) on the tuning seed until
     the reached sparsity is within :data:`SOFT_TOLERANCE` of the target, and among the ``alpha_S``
     that land, the one with the best *validation* accuracy is kept. Test accuracy is never read
-    while tuning (the CSV's ``tune`` rows have none). The eval seeds then reach whatever sparsity
-    they reach, and the tables give it;
+    while tuning (the CSV's ``tune`` rows have none). ``lambda`` is searched within
+    :data:`LOG_PENALTY_RANGE`, and a decade step that moves the sparsity by less than
+    :data:`SATURATED` ends the search: at a large ``alpha_S`` the sparsity saturates (scores that
+    movement drives up early reach the sigmoid's flat top, where the penalty's gradient vanishes),
+    e.g. near 92% at ``alpha_S = 1e4`` on the transfer task, whatever ``lambda``. The eval seeds then
+    reach whatever sparsity they reach, and the tables give it;
 * **references**, per seed: dense fine-tuning (``dense``); for the transfer task a linear probe
   (``linear_probe``: the pretrained features frozen, only the new head trained, same optimizer) and
   training from scratch on the fine-tuning set (``scratch``: fresh initialisation, the pretraining
@@ -71,7 +75,7 @@ every run already there (the tuning replays from the CSV).
 
 Rerun from the repository root::
 
-    python -m benchmarks.accuracy.movement             # see benchmarks/README.md for the runtime
+    python -m benchmarks.accuracy.movement             # 329 runs: ~13 min on 2 cores shared with another job
     python -m benchmarks.accuracy.movement --quick     # a 32-wide MLP, tens of steps: seconds (CI)
 
 References:
@@ -101,7 +105,7 @@ import optax
 from matplotlib.figure import Figure
 
 import jaxsparse as jsp
-from benchmarks.common import COMPILATION_CACHE, RESULTS, argument_parser, output_path, write_results
+from benchmarks.common import COMPILATION_CACHE, RESULTS, append_csv_rows, argument_parser, output_path, write_results
 from jaxsparse.models import create_model
 from jaxsparse.training import compilation_cache, git_commit
 
@@ -675,12 +679,7 @@ def read_rows(path: Path) -> list[dict[str, Any]]:
 
 
 def append_rows(path: Path, rows: Sequence[dict[str, Any]]) -> None:
-    new = not path.exists()
-    with path.open("a", newline="") as file:
-        writer = csv.DictWriter(file, fieldnames=COLUMNS)
-        if new:
-            writer.writeheader()
-        writer.writerows({name: row[name] for name in COLUMNS} for row in rows)
+    append_csv_rows(path, COLUMNS, rows)
 
 
 # ----- the summary ---------------------------------------------------------------------------------
@@ -855,6 +854,7 @@ def tuning_markdown(tuning: dict[str, Any]) -> str:
 def plot(record: dict[str, Any]) -> Figure:
     """Test accuracy against the weights remaining, one panel per study, with the dense references."""
     import matplotlib.pyplot as plt
+    from matplotlib import ticker
 
     table, studies = record["table"], [tuple(s) for s in record["settings"]["studies"]]
     fig, axes = plt.subplots(1, len(studies), figsize=(5.2 * len(studies), 4.2), squeeze=False)
@@ -881,6 +881,9 @@ def plot(record: dict[str, Any]) -> Figure:
                     label=method.replace("_", " "),
                 )
         ax.set_xscale("log")
+        ax.set_xticks([round(100 * (1 - target), 6) for target in record["settings"]["sparsities"]])
+        ax.xaxis.set_major_formatter(ticker.FormatStrFormatter("%g"))
+        ax.xaxis.set_minor_formatter(ticker.NullFormatter())
         ax.invert_xaxis()
         ax.set_xlabel("weights remaining in the pruned kernels (%)")
         ax.set_ylabel("test accuracy (%)")

@@ -86,7 +86,7 @@ import optax
 from matplotlib.figure import Figure
 
 import jaxsparse as jsp
-from benchmarks.common import COMPILATION_CACHE, RESULTS, argument_parser, output_path, write_results
+from benchmarks.common import COMPILATION_CACHE, RESULTS, append_csv_rows, argument_parser, output_path, write_results
 from jaxsparse.masks import NM, SparsityLayout
 from jaxsparse.one_shot import CRITERIA, prune_one_shot
 from jaxsparse.training import Config, compilation_cache, git_commit, make_optimizer
@@ -571,12 +571,7 @@ def read_rows(path: Path) -> list[dict[str, Any]]:
 
 
 def append_rows(path: Path, rows: Sequence[dict[str, Any]]) -> None:
-    new = not path.exists()
-    with path.open("a", newline="") as file:
-        writer = csv.DictWriter(file, fieldnames=COLUMNS)
-        if new:
-            writer.writeheader()
-        writer.writerows({name: row[name] for name in COLUMNS} for row in rows)
+    append_csv_rows(path, COLUMNS, rows)
 
 
 def _stats(values: Sequence[float]) -> dict[str, float] | None:
