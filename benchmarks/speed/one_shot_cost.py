@@ -28,8 +28,10 @@ before the second call by writing ``5`` to ``/proc/self/clear_refs``. It reports
   the model and data (the baseline, in the same process): the pruning's memory with XLA's compiler
   memory included;
 * ``extra_compiled_call_bytes``: the peak during the second call minus the resident set just
-  before it: the working memory of a compiled call (buffers the first call left cached, such as
-  compiled programs, are in the baseline).
+  before it, after glibc's ``malloc_trim`` has returned the heap pages the first call freed: the
+  working memory of a compiled call (what the first call left alive, such as compiled programs, is
+  in the baseline). Memory the allocator keeps despite the trim is reused without counting, so
+  this is a lower bound, and the first call's figure an upper one.
 
 ``resource.getrusage(RUSAGE_SELF).ru_maxrss`` cannot be used here: Linux carries a process's
 high-water mark across ``execve``, and ``subprocess`` starts children with ``vfork`` (or ``posix_spawn``), so a child's
@@ -43,12 +45,13 @@ gradient) and WoodFisher's Fisher blocks (``P_sparse x 128`` floats).
 
 Rerun from the repository root::
 
-    python -m benchmarks.speed.one_shot_cost            # 6 models x 6 criteria: ~15 min on 2 CPU cores
-    python -m benchmarks.speed.one_shot_cost --quick    # a 16-wide MLP, 2 criteria: seconds (CI)
+    python -m benchmarks.speed.one_shot_cost            # 6 models x 6 criteria: ~25 min on 2 busy cores
+    python -m benchmarks.speed.one_shot_cost --quick    # a 16-wide MLP, 2 criteria: ~20 s (CI)
 """
 
 from __future__ import annotations
 
+import ctypes
 import dataclasses
 import json
 import math
@@ -156,7 +159,12 @@ def resident_bytes() -> dict[str, int]:
 
 
 def reset_peak() -> None:
-    """Sets ``VmHWM`` to the current ``VmRSS`` (``clear_refs`` 5, Linux 4.0 and later)."""
+    """Returns freed heap pages to the system (glibc's ``malloc_trim``), then sets ``VmHWM`` to ``VmRSS``.
+
+    Without the trim, memory the first call freed stays resident in the allocator, and a second
+    call reusing it would not raise the high-water mark. ``clear_refs`` 5 needs Linux 4.0 or later.
+    """
+    ctypes.CDLL(None).malloc_trim(0)
     with open("/proc/self/clear_refs", "w") as file:
         file.write("5")
 
