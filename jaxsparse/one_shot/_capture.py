@@ -32,6 +32,7 @@ import jax.numpy as jnp
 from jax import lax
 from jax.extend import core as jex_core
 
+from jaxsparse._jaxprs import LOOPS, call_body, sub_jaxprs
 from jaxsparse.masks import Params, leaf_name
 
 __all__ = ["KernelProduct", "find_products", "input_statistics"]
@@ -39,7 +40,6 @@ __all__ = ["KernelProduct", "find_products", "input_statistics"]
 # Casts leave a kernel the same matrix; anything else changes what the product multiplies by.
 _TRANSPARENT = frozenset({"convert_element_type", "copy"})
 _PRODUCTS = frozenset({"dot_general", "conv_general_dilated"})
-_LOOPS = frozenset({"scan", "while", "cond"})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,17 +80,6 @@ class KernelProduct:
         order = self.axes_in + self.axes_out
         moved = matrix.reshape(tuple(self.shape[a] for a in order))
         return jnp.transpose(moved, tuple(order.index(a) for a in range(len(self.shape))))
-
-
-def _sub_jaxprs(eqn: jex_core.JaxprEqn) -> list[tuple[jex_core.Jaxpr, Sequence]]:
-    """The jaxprs in an equation's parameters, each with its constants."""
-    found = []
-    for value in eqn.params.values():
-        if isinstance(value, jex_core.ClosedJaxpr):
-            found.append((value.jaxpr, value.consts))
-        elif isinstance(value, jex_core.Jaxpr):
-            found.append((value, ()))
-    return found
 
 
 def _kernel_axes(eqn: jex_core.JaxprEqn, operand: int, name: str) -> tuple[tuple[int, ...], tuple[int, ...]]:
@@ -135,9 +124,9 @@ def _walk(jaxpr: jex_core.Jaxpr, sources: Sequence[int | None], prefix: tuple[in
                 if leaf is not None:
                     uses[leaf].append(("product", path, eqn, operand))
             continue
-        subs = _sub_jaxprs(eqn)
-        if name not in _LOOPS and len(subs) == 1 and len(subs[0][0].invars) == len(eqn.invars):
-            _walk(subs[0][0], operands, path, uses, names)  # a call (jit, remat, custom derivatives)
+        body = call_body(eqn)
+        if body is not None:
+            _walk(body[0], operands, path, uses, names)  # a call (jit, remat, custom derivatives)
             continue
         for leaf in operands:
             if leaf is not None:
@@ -163,7 +152,7 @@ def find_products(apply_fn: Callable, params: Params, batch, leaves: Sequence[in
         kinds = uses[leaf]
         other = [kind for kind, *_ in kinds if kind != "product"]
         if other:
-            where = "inside a loop or conditional" if other[0] in _LOOPS else "before its product"
+            where = "inside a loop or conditional" if other[0] in LOOPS else "before its product"
             raise ValueError(
                 f"kernel {name!r} is used by `{other[0]}` {where}; capturing a layer's inputs needs the kernel to "
                 "enter one dot_general or convolution directly (a dtype cast is allowed). Unroll scanned layers, "
@@ -239,7 +228,7 @@ def _evaluate(jaxpr, consts, args, targets: dict[tuple[int, ...], tuple[int, Ker
         values = [read(var) for var in eqn.invars]
         inner = [target for target in targets if target[: len(path)] == path and len(target) > len(path)]
         if inner:
-            ((sub, sub_consts),) = _sub_jaxprs(eqn)
+            ((sub, sub_consts),) = sub_jaxprs(eqn)
             results = _evaluate(sub, sub_consts, values, targets, path, hessian, out)
         else:
             if path in targets:
