@@ -12,6 +12,8 @@ shared by all layers and only the total count is fixed.
 weights at the pruning step, and a group ``G`` is one mask entry (one weight when unstructured):
 
 * ``"magnitude"`` (the default): ``|theta|``, a group's L2 norm ``||theta_G||_2`` (Zhu & Gupta).
+* ``"l1"``: a group's L1 norm ``sum_{q in G} |theta_q|``, the filter criterion of Li, Kadav, Durdanovic,
+  Samet, Graf (ICLR 2017); the same as ``"magnitude"`` for single weights.
 * ``"taylor"``: first-order Taylor importance (Molchanov, Mallya, Tyree, Frosio, Kautz, CVPR 2019),
   the squared first-order change of the loss when the group is removed,
   ``I_G(t) = (sum_{q in G} g_{t,q} theta_{t,q})^2`` (per weight ``(g theta)^2``; a group's importance
@@ -78,8 +80,11 @@ from jaxsparse.schedules import Schedule, UpdateSchedule, polynomial_sparsity
 
 __all__ = ["GRADUAL_CRITERIA", "GradualMagnitude", "GradualState", "gradual_magnitude"]
 
-GRADUAL_CRITERIA = ("magnitude", "taylor", "obd")
+GRADUAL_CRITERIA = ("magnitude", "l1", "taylor", "obd")
 """What gradual pruning ranks the active entries by (see the module docstring)."""
+
+_MAGNITUDES = ("magnitude", "l1")
+"""The criteria read from the weights alone (no state, no gradients)."""
 
 
 def _taylor_term(plan: LayerPlan, param: jax.Array, grad: jax.Array) -> jax.Array:
@@ -135,7 +140,7 @@ class GradualMagnitude(SparseAlgorithm):
       sparsity_schedule: ``s_t``, the global sparsity at step ``t`` (ends at ``layout.sparsity``).
       initial_sparsity: ``s_{t_0}``; the masks at step 0 keep the largest weights at this level.
       scope: ``"layer"`` (each layer follows its own target) or ``"global"`` (one threshold).
-      criterion: ``"magnitude"``, ``"taylor"`` or ``"obd"`` (see the module docstring).
+      criterion: ``"magnitude"``, ``"l1"``, ``"taylor"`` or ``"obd"`` (see the module docstring).
       skip_optimizer_on_update: apply no optimizer step on pruning steps.
       regularizer: an optional penalty.
     """
@@ -162,7 +167,7 @@ class GradualMagnitude(SparseAlgorithm):
                 "(OBS/WoodFisher, SparseGPT, Wanda) need calibration data: compute their masks with "
                 "jaxsparse.one_shot and hand them to sparsify(..., masks=...)."
             )
-        if self.criterion != "magnitude" and self.initial_sparsity > 0:
+        if self.criterion not in _MAGNITUDES and self.initial_sparsity > 0:
             raise ValueError(
                 f"criterion={self.criterion!r} scores weights from training gradients, which step 0 does not have, "
                 f"so initial_sparsity={self.initial_sparsity!r} cannot be chosen by it: start dense "
@@ -170,8 +175,15 @@ class GradualMagnitude(SparseAlgorithm):
             )
 
     def _prune(self, params: Params, masks: Masks | None, sparsity, at_end, key: jax.Array) -> Masks:
-        """Keep the largest ``|theta|`` (among ``masks``) at global sparsity ``sparsity`` (exact at the end)."""
-        return prune_by_magnitude(self.layout, params, masks, sparsity, at_end, key, self.scope)
+        """Keep the largest ``|theta|`` (L2 or, for ``"l1"``, L1 group norm; among ``masks``) at ``sparsity``."""
+        if self.criterion == "magnitude":
+            return prune_by_magnitude(self.layout, params, masks, sparsity, at_end, key, self.scope)
+        scores = sparsified_map(
+            lambda plan, p: group_scores(plan, jnp.abs(p).astype(score_dtype(p)), summed=True),
+            params,
+            self.plan(params),
+        )
+        return prune_by_scores(self.layout, params, scores, masks, sparsity, at_end, key, self.scope)
 
     def init_masks(self, params: Params, key: jax.Array) -> Masks:
         """The largest-magnitude weights at ``initial_sparsity`` (all weights when it is 0)."""
@@ -180,7 +192,7 @@ class GradualMagnitude(SparseAlgorithm):
     def init_state(self, params: Params, masks: Masks) -> GradualState | tuple[()]:
         """``()`` for magnitude; else a zero average (per group or per weight, at least float32) of 0 steps."""
         del masks
-        if self.criterion == "magnitude":
+        if self.criterion in _MAGNITUDES:
             return ()
         per_weight = _STATISTICS[self.criterion][1]
         average = sparsified_map(
@@ -195,7 +207,7 @@ class GradualMagnitude(SparseAlgorithm):
     ) -> AlgorithmState:
         """Adds this step's term to the running average: ``a <- a + (x_t - a) / (n + 1)``, ``n <- n + 1``."""
         del masks, step
-        if self.criterion == "magnitude":
+        if self.criterion in _MAGNITUDES:
             return state
         if grads is None:
             raise ValueError(
@@ -220,7 +232,7 @@ class GradualMagnitude(SparseAlgorithm):
         del grads  # a gradient criterion already averaged them (observe runs first)
         at_end = jnp.asarray(step) >= self.schedule.end_step
         sparsity = self.sparsity_schedule(step)
-        if self.criterion == "magnitude":
+        if self.criterion in _MAGNITUDES:
             return self._prune(params, masks, sparsity, at_end, key), state
         score = _STATISTICS[self.criterion][2]
         scores = sparsified_map(score, params, self.plan(params), mask_leaves(params, state.average))
@@ -281,7 +293,7 @@ def gradual_magnitude(
         only: the gradient criteria have no gradient at step 0).
       power: exponent of the ramp (3 in the paper).
       scope: ``"layer"`` (each layer reaches its own target) or ``"global"`` (one threshold).
-      criterion: ``"magnitude"`` (``|theta|``), ``"taylor"`` (``(sum g theta)^2`` averaged since the
+      criterion: ``"magnitude"`` (``|theta|``), ``"l1"`` (a group's ``sum |theta|``, Li et al. 2017), ``"taylor"`` (``(sum g theta)^2`` averaged since the
         last prune, Molchanov et al. 2019) or ``"obd"`` (``1/2 F theta^2`` with ``F`` the running
         mean of ``g^2``, LeCun et al. 1990); see the module docstring.
       skip_optimizer_on_update: apply no optimizer step on pruning steps.
@@ -331,7 +343,7 @@ CRITERION = Option(
     "criterion",
     str,
     "magnitude",
-    "gradual_magnitude: what prunes: magnitude |w|, taylor (g w)^2 or obd F w^2/2, gradients averaged between prunes",
+    "gradual_magnitude: what prunes: magnitude |w|, l1 (a group's sum |w|), taylor (g w)^2 or obd F w^2/2, gradients averaged between prunes",
     valid=lambda value, settings: value in GRADUAL_CRITERIA,
     rule=f"must be one of {', '.join(GRADUAL_CRITERIA)}",
 )

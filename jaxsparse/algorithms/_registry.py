@@ -38,6 +38,8 @@ class Settings(NamedTuple):
       begin_step: first step that may update masks.
       end_step: last step that may update masks.
       steps: the steps of the run's learning-rate schedule (``None``: not known; IMP's round).
+      learning_rate: the inner optimizer's learning rate, a float or a schedule of the optimizer
+        step (``None``: not known), for methods whose proximal step scales with it (SSL's).
       options: the method's own options by name (every option present, defaults filled in).
     """
 
@@ -50,6 +52,7 @@ class Settings(NamedTuple):
     begin_step: int = 0
     end_step: int | None = None
     steps: int | None = None
+    learning_rate: Any = None
     options: Mapping[str, Any] = {}
 
     def factory_keywords(self) -> dict[str, Any]:

@@ -113,7 +113,10 @@ class CompactModel:
     def compact_params(self, params: Params) -> Params:
         """A tree of the original shapes (parameters, or their gradients) cut to the compacted shapes."""
         names = _names(params)
-        leaves = [_take_axes(np.asarray(leaf), self.kept[name]) for name, leaf in zip(names, jax.tree.leaves(params))]
+        leaves = [
+            _take_axes(np.asarray(leaf), self.kept[name])
+            for name, leaf in zip(names, jax.tree.leaves(params), strict=True)
+        ]
         return jax.tree.unflatten(jax.tree.structure(params), [jnp.asarray(x) for x in leaves])
 
     def expand_params(self, small: Params) -> Params:
@@ -122,7 +125,9 @@ class CompactModel:
         out = []
         for name, leaf, full in zip(names, jax.tree.leaves(small), jax.tree.leaves(self.full_shapes), strict=True):
             array = np.zeros(full.shape, full.dtype)
-            index = np.ix_(*[np.arange(n) if k is None else k for n, k in zip(full.shape, self.kept[name])])
+            index = np.ix_(
+                *[np.arange(n) if k is None else k for n, k in zip(full.shape, self.kept[name], strict=True)]
+            )
             array[index] = np.asarray(leaf)
             out.append(jnp.asarray(array))
         return jax.tree.unflatten(jax.tree.structure(small), out)
@@ -150,7 +155,7 @@ def _keep_from_leaves(coupling: Coupling, program: Program, full_shapes, kept: M
     """Per channel class, its kept indices, decoded from the parameter leaves' kept flat indices."""
     keep: dict[int, np.ndarray] = {}
     owner: dict[int, str] = {}
-    for value, name in zip(program.inputs, _names(full_shapes)):
+    for value, name in zip(program.inputs, _names(full_shapes), strict=False):  # then the arguments
         for axis, indices in enumerate(kept[name]):
             if indices is None:
                 continue
@@ -222,9 +227,17 @@ def _resized(eqn, program: Program, coupling: Coupling, keep) -> dict[str, Any]:
     if name == "reshape":
         return {"new_sizes": small(eqn.outputs[0]), "dimensions": None}
     if name == "slice":
-        return {"limit_indices": tuple(min(a, b) for a, b in zip(eqn.params["limit_indices"], small(eqn.inputs[0])))}
+        return {
+            "limit_indices": tuple(
+                min(a, b) for a, b in zip(eqn.params["limit_indices"], small(eqn.inputs[0]), strict=True)
+            )
+        }
     if name == "dynamic_slice":
-        return {"slice_sizes": tuple(min(a, b) for a, b in zip(eqn.params["slice_sizes"], small(eqn.inputs[0])))}
+        return {
+            "slice_sizes": tuple(
+                min(a, b) for a, b in zip(eqn.params["slice_sizes"], small(eqn.inputs[0]), strict=True)
+            )
+        }
     if name in SHAPE_FREE:
         return {}
     raise AssertionError(f"compaction: {name} received compacted operands; this is a bug in jaxsparse.compaction.")
@@ -291,7 +304,7 @@ def compact(
     kept, report, blocked = {}, [], []
     for value, name, leaf in zip(param_ids, names, leaves, strict=True):
         per_axis, because = [], {}
-        for axis, n in enumerate(np.shape(leaf)):
+        for axis in range(np.ndim(leaf)):
             classes = coupling.leaves(value, axis)
             masks = []
             for c in classes:
@@ -318,7 +331,8 @@ def compact(
         )
     full_shapes = jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), jnp.result_type(x)), params)
     small = jax.tree.unflatten(
-        jax.tree.structure(params), [jnp.asarray(_take_axes(np.asarray(x), kept[n])) for n, x in zip(names, leaves)]
+        jax.tree.structure(params),
+        [jnp.asarray(_take_axes(np.asarray(x), kept[n])) for n, x in zip(names, leaves, strict=True)],
     )
     report = tuple(
         dataclasses.replace(r, after=tuple(np.shape(x))) for r, x in zip(report, jax.tree.leaves(small), strict=True)

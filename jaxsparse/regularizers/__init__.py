@@ -2,5 +2,15 @@
 
 from jaxsparse.regularizers._group_lasso import GroupLasso
 from jaxsparse.regularizers._regularizer import Regularizer, as_schedule
+from jaxsparse.regularizers._ssl import SSL_GROUPS, SSLPenalty, parse_groups, resnet_blocks, resnet_coupling
 
-__all__ = ["GroupLasso", "Regularizer", "as_schedule"]
+__all__ = [
+    "SSL_GROUPS",
+    "GroupLasso",
+    "Regularizer",
+    "SSLPenalty",
+    "as_schedule",
+    "parse_groups",
+    "resnet_blocks",
+    "resnet_coupling",
+]

@@ -29,11 +29,28 @@ from collections.abc import Sequence
 import jax
 import jax.numpy as jnp
 
-from jaxsparse.masks import LayerPlan, Masks, Params
+from jaxsparse.masks import LayerPlan, Masks, Params, Structure
 from jaxsparse.regularizers._regularizer import Regularizer, as_schedule
 from jaxsparse.schedules import Schedule
 
-__all__ = ["GroupLasso"]
+__all__ = ["GroupLasso", "inverse_norms", "shrink_factors", "scale_groups"]
+
+
+def inverse_norms(norms: jax.Array) -> jax.Array:
+    """``1 / ||theta_g||`` per group, 0 for a zero group: the subgradient ``theta_g / ||theta_g||`` is then 0 there."""
+    return jnp.where(norms > 0, 1.0 / jnp.where(norms > 0, norms, 1.0), 0.0)
+
+
+def shrink_factors(norms: jax.Array, threshold: jax.typing.ArrayLike) -> jax.Array:
+    """Group soft-thresholding's factor ``max(0, 1 - tau / ||theta_g||)`` per group (0 for a zero group)."""
+    return jnp.maximum(0.0, 1.0 - threshold / jnp.where(norms > 0, norms, 1.0)) * (norms > 0)
+
+
+def scale_groups(param: jax.Array, factors: jax.Array, structure: Structure) -> jax.Array:
+    """``param`` with each group scaled by its factor, in its dtype; an exactly zero factor gives an exact ``+0``."""
+    scaled = structure.expand(factors, param.shape) * param
+    # An exactly zero factor must give an exact +0, whatever the weight's sign.
+    return jnp.where(structure.expand(factors > 0, param.shape), scaled, 0.0).astype(param.dtype)
 
 
 def _grouped(plans: Sequence[LayerPlan | None]) -> list[LayerPlan | None]:
@@ -99,8 +116,7 @@ class GroupLasso(Regularizer):
             if plan is None:
                 leaves.append(jnp.zeros_like(param))
                 continue
-            inverse = jnp.where(norm > 0, 1.0 / jnp.where(norm > 0, norm, 1.0), 0.0)
-            leaves.append((strength * plan.structure.expand(inverse, plan.shape) * param).astype(param.dtype))
+            leaves.append((strength * plan.structure.expand(inverse_norms(norm), plan.shape) * param).astype(param.dtype))
         return jax.tree.unflatten(jax.tree.structure(params), leaves)
 
     def proximal(self, params: Params, masks: Masks, plans, step) -> Params | None:
@@ -113,8 +129,5 @@ class GroupLasso(Regularizer):
             if plan is None:
                 leaves.append(param)
                 continue
-            scale = jnp.maximum(0.0, 1.0 - threshold / jnp.where(norm > 0, norm, 1.0)) * (norm > 0)
-            scaled = plan.structure.expand(scale, plan.shape) * param
-            # An exactly zero factor must give an exact +0, whatever the weight's sign.
-            leaves.append(jnp.where(plan.structure.expand(scale > 0, plan.shape), scaled, 0.0).astype(param.dtype))
+            leaves.append(scale_groups(param, shrink_factors(norm, threshold), plan.structure))
         return jax.tree.unflatten(jax.tree.structure(params), leaves)

@@ -34,7 +34,8 @@ def make_algorithm(config: Config) -> jsp.SparseAlgorithm | None:
     if config.method == "dense":
         return None
     try:
-        return lookup(config.method).build(config.settings())
+        # The schedule make_optimizer steps with, for methods whose proximal step scales with it.
+        return lookup(config.method).build(config.settings()._replace(learning_rate=learning_rate_schedule(config)))
     except ValueError as error:
         raise ConfigError(f"--method {config.method} with structure={config.structure!r}: {error}") from None
 
