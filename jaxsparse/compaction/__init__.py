@@ -1,5 +1,13 @@
 """Compaction: remove zero structures for real and run a smaller dense model with the same outputs."""
 
 from jaxsparse.compaction._compact import CompactModel, LeafReport, compact
+from jaxsparse.compaction._files import DamagedCompactedModelError, load_compacted, save_compacted
 
-__all__ = ["CompactModel", "LeafReport", "compact"]
+__all__ = [
+    "CompactModel",
+    "DamagedCompactedModelError",
+    "LeafReport",
+    "compact",
+    "load_compacted",
+    "save_compacted",
+]

@@ -244,7 +244,7 @@ def _resized(eqn, program: Program, coupling: Coupling, keep) -> dict[str, Any]:
 
 
 def _decide(program: Program, coupling: Coupling, param_values: dict[int, Any]):
-    """Per class, whether each index is removable (``None`` where the class is not a parameter's)."""
+    """Per parameter class, whether each index is removable; and the constant slices of every value."""
     slices = channel_constants(program, coupling, param_values)
     candidates = {c for value in param_values for c in coupling.leaves(value)}
     removable = {c: np.ones(coupling.atoms.size[c], bool) for c in candidates}
@@ -262,7 +262,13 @@ def _decide(program: Program, coupling: Coupling, param_values: dict[int, Any]):
                     values, known = slices[v][classes[position]]
                     zero |= known & (values == 0)
             removable[c] &= zero
-    return removable
+    return removable, slices
+
+
+_NOT_DEAD = (
+    "the channel is not zero where it is used: another operand writes it (the other branch of a residual sum, a "
+    "bias, a norm's shift) or it is constant but not zero"
+)
 
 
 def compact(
@@ -300,7 +306,7 @@ def compact(
         for dim in coupling.axes[value]:
             coupling.atoms.fix(dim, "it is an axis of the model's input")
     values = {v: np.asarray(x) for v, x in zip(param_ids, leaves, strict=True)}
-    removable = _decide(program, coupling, values)
+    removable, slices = _decide(program, coupling, values)
     kept, report, blocked = {}, [], []
     for value, name, leaf in zip(param_ids, names, leaves, strict=True):
         per_axis, because = [], {}
@@ -309,12 +315,15 @@ def compact(
             masks = []
             for c in classes:
                 reason = coupling.atoms.fixed(c)
-                dead = removable[c]
-                if reason is not None and dead.any() and not dead.all():
-                    because[axis] = f"{int(dead.sum())} zero channel(s) kept: {reason}"
-                    if "not followed" in reason:
-                        blocked.append(f"{name!r} axis {axis}: {reason}")
-                masks.append(np.ones_like(dead) if reason is not None else ~dead)
+                values_, known = slices[value].get(c, (np.zeros(0), np.zeros(0, bool)))
+                zero = known & (values_ == 0)
+                idle = zero if reason is not None else zero & ~removable[c]
+                if idle.any():
+                    why = reason or _NOT_DEAD
+                    because[axis] = f"{int(idle.sum())} zero slice(s) kept: {why}"
+                    if "not followed" in why:
+                        blocked.append(f"{name!r} axis {axis}: {why}")
+                masks.append(np.ones(coupling.atoms.size[c], bool) if reason is not None else ~removable[c])
             if not classes or all(m.all() for m in masks):
                 per_axis.append(None)
                 continue
