@@ -45,7 +45,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxsparse.compaction._constants import channel_constants
-from jaxsparse.compaction._coupling import SHAPE_FREE, Coupling, couple
+from jaxsparse.compaction._coupling import INPUT, SHAPE_FREE, SPATIAL, Coupling, couple
 from jaxsparse.compaction._program import Program, trace
 from jaxsparse.masks import Params, leaf_name
 
@@ -304,7 +304,7 @@ def compact(
     param_ids = program.inputs[: len(leaves)]
     for value in program.inputs[len(leaves) :]:
         for dim in coupling.axes[value]:
-            coupling.atoms.fix(dim, "it is an axis of the model's input")
+            coupling.atoms.fix(dim, INPUT)
     values = {v: np.asarray(x) for v, x in zip(param_ids, leaves, strict=True)}
     removable, slices = _decide(program, coupling, values)
     kept, report, blocked = {}, [], []
@@ -318,7 +318,7 @@ def compact(
                 values_, known = slices[value].get(c, (np.zeros(0), np.zeros(0, bool)))
                 zero = known & (values_ == 0)
                 idle = zero if reason is not None else zero & ~removable[c]
-                if idle.any():
+                if idle.any() and not (reason or "").startswith((SPATIAL, INPUT)):
                     why = reason or _NOT_DEAD
                     because[axis] = f"{int(idle.sum())} zero slice(s) kept: {why}"
                     if "not followed" in why:

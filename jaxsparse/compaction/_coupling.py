@@ -30,7 +30,11 @@ import math
 from jaxsparse.compaction._atoms import Atoms
 from jaxsparse.compaction._program import Equation, Program
 
-__all__ = ["Coupling", "Sink", "couple"]
+__all__ = ["INPUT", "SPATIAL", "Coupling", "Sink", "couple"]
+
+SPATIAL = "a spatial axis"
+"""The start of the reason a convolution's window axes are fixed: not channels at all."""
+INPUT = "an axis of the model's input"
 
 ELEMENTWISE = frozenset(
     """abs acos acosh add and asin asinh atan atan2 atanh cbrt ceil clamp conj convert_element_type copy copy_p cos
@@ -133,9 +137,9 @@ def _couple_equation(coupling: Coupling, program: Program, index: int, eqn: Equa
     def same(a: int, da: int, b: int, db: int) -> None:
         atoms.equate(axes[a][da], axes[b][db], f"a reshape in {where} regroups it incompatibly")
 
-    def fix(value: int, dims) -> None:
+    def fix(value: int, dims, reason: str = f"{where} treats it position by position") -> None:
         for d in dims:
-            atoms.fix(axes[value][d], f"{where} treats it position by position")
+            atoms.fix(axes[value][d], reason)
 
     if name in ELEMENTWISE:
         out = outs[0]
@@ -189,9 +193,10 @@ def _couple_equation(coupling: Coupling, program: Program, index: int, eqn: Equa
         same(lhs, lhs_spec[0], out, out_spec[0])
         same(rhs, rhs_spec[0], out, out_spec[1])
         same(lhs, lhs_spec[1], rhs, rhs_spec[1])
-        fix(lhs, lhs_spec[2:])
-        fix(rhs, rhs_spec[2:])
-        fix(out, out_spec[2:])
+        spatial = f"{SPATIAL} of {where}"
+        fix(lhs, lhs_spec[2:], spatial)
+        fix(rhs, rhs_spec[2:], spatial)
+        fix(out, out_spec[2:], spatial)
         coupling.sinks.append(Sink(index, (lhs, rhs), ((lhs_spec[1],), (rhs_spec[1],))))
         return
     if name == "reduce_sum" or name in _REDUCE_FIXING:

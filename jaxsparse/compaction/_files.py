@@ -32,7 +32,7 @@ import hashlib
 import json
 import os
 import shutil
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +40,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxsparse._file_lists import file_list_problem, write_file_list
 from jaxsparse.compaction._compact import CompactModel, LeafReport
 from jaxsparse.masks import Params, leaf_name
 
@@ -47,7 +48,7 @@ __all__ = ["DamagedCompactedModelError", "load_compacted", "save_compacted"]
 
 _PARAMS = "params.npz"
 _KEPT = "kept.json"
-_FILES = "files.json"
+
 _FORMAT = 1
 
 
@@ -69,14 +70,6 @@ class DamagedCompactedModelError(OSError):
 
 def _array_digest(array: np.ndarray) -> str:
     return hashlib.sha256(f"{array.dtype.name}{array.shape}".encode() + array.tobytes()).hexdigest()
-
-
-def _file_digest(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as file:
-        for block in iter(lambda: file.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _stored(array: np.ndarray) -> np.ndarray:
@@ -137,11 +130,7 @@ def save_compacted(model: CompactModel, folder: str | Path) -> Path:
         with (partial / _PARAMS).open("wb") as file:
             np.savez(file, **{name: _stored(a) for name, a in zip(names, arrays, strict=True)})
         (partial / _KEPT).write_text(json.dumps({"format": _FORMAT, "leaves": leaves}, indent=1) + "\n")
-        files = {
-            name: {"bytes": (partial / name).stat().st_size, "sha256": _file_digest(partial / name)}
-            for name in (_PARAMS, _KEPT)
-        }
-        (partial / _FILES).write_text(json.dumps(files, indent=1) + "\n")
+        write_file_list(partial)
         if folder.exists():
             # A rename cannot replace a non-empty folder: move the old one aside first, then drop it.
             old = folder.with_name(f".{folder.name}.old-{os.getpid()}")
@@ -158,28 +147,6 @@ def save_compacted(model: CompactModel, folder: str | Path) -> Path:
     return folder
 
 
-def _file_problem(folder: Path) -> str | None:
-    """How ``folder``'s files differ from its file list, or ``None`` if they do not."""
-    listed = folder / _FILES
-    if not listed.is_file():
-        return f"it has no file list {_FILES} (the process that saved it stopped before finishing)"
-    try:
-        files = json.loads(listed.read_text())
-    except ValueError as error:
-        return f"its file list {_FILES} is unreadable ({error})"
-    for name in (_PARAMS, _KEPT):
-        path = folder / name
-        if name not in files:
-            return f"its file list {_FILES} does not name {name}"
-        if not path.is_file():
-            return f"its file {name} is missing"
-        if path.stat().st_size != files[name]["bytes"]:
-            return f"its file {name} has {path.stat().st_size} bytes, {files[name]['bytes']} when written"
-        if _file_digest(path) != files[name]["sha256"]:
-            return f"the bytes of its file {name} changed since it was written (it fails its checksum)"
-    return None
-
-
 def _nested(names: list[str], leaves: list[Any]) -> dict[str, Any]:
     """A nested dict from ``/``-separated names."""
     tree: dict[str, Any] = {}
@@ -192,7 +159,7 @@ def _nested(names: list[str], leaves: list[Any]) -> dict[str, Any]:
     return tree
 
 
-def load_compacted(folder: str | Path, apply_fn: Any, tree_like: Params | None = None) -> CompactModel:
+def load_compacted(folder: str | Path, apply_fn: Callable, tree_like: Params | None = None) -> CompactModel:
     """The compacted model saved in ``folder`` by :func:`save_compacted`, checked against its checksums.
 
     Args:
@@ -215,7 +182,7 @@ def load_compacted(folder: str | Path, apply_fn: Any, tree_like: Params | None =
     folder = Path(folder).absolute()
     if not folder.is_dir():
         raise FileNotFoundError(f"{folder}: no such folder; give a folder written by save_compacted.")
-    problem = _file_problem(folder)
+    problem = file_list_problem(folder)
     if problem is not None:
         raise DamagedCompactedModelError(folder, problem)
     try:

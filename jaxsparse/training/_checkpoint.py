@@ -58,7 +58,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
@@ -68,9 +67,9 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-__all__ = ["Checkpoints", "DamagedCheckpointError", "NoIntactCheckpointError", "Restored"]
+from jaxsparse._file_lists import file_list_problem, write_file_list
 
-_FILES = "files.json"
+__all__ = ["Checkpoints", "DamagedCheckpointError", "NoIntactCheckpointError", "Restored"]
 
 
 def _is_key(leaf: Any) -> bool:
@@ -129,52 +128,6 @@ def _reason(error: BaseException) -> str:
     text = error.args[0] if isinstance(error, KeyError) and error.args else str(error)
     line = " ".join(text.split("See full TensorStore details")[0].split())
     return f"{type(error).__name__}: {line[:400]}"
-
-
-def _file_digest(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as file:
-        for block in iter(lambda: file.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def _write_file_list(folder: Path) -> None:
-    """Lists the size and sha256 of every file in ``folder``, in ``folder / files.json``."""
-    files = {
-        path.relative_to(folder).as_posix(): {"bytes": path.stat().st_size, "sha256": _file_digest(path)}
-        for path in sorted(folder.rglob("*"))
-        if path.is_file()
-    }
-    partial = folder / f"{_FILES}.partial"
-    partial.write_text(json.dumps(files, indent=1) + "\n")
-    os.replace(partial, folder / _FILES)  # a process killed mid-write leaves no half list
-
-
-def _file_problem(folder: Path) -> str | None:
-    """How ``folder``'s files differ from its file list, or ``None`` if they do not."""
-    listed = folder / _FILES
-    if not listed.is_file():
-        return (
-            f"it has no file list ({_FILES}): the process that wrote it stopped, or failed to read it back, "
-            "before finishing it"
-        )
-    try:
-        files = json.loads(listed.read_text())
-    except ValueError as error:
-        return f"its file list {_FILES} is unreadable ({error})"
-    for name, written in files.items():
-        path = folder / name
-        item = name.split("/")[0]
-        if not (folder / item).exists():
-            return f"its item {item!r} is missing" if "/" in name else f"its file {name} is missing"
-        if not path.is_file():
-            return f"its file {name} is missing"
-        if path.stat().st_size != written["bytes"]:
-            return f"its file {name} has {path.stat().st_size} bytes, {written['bytes']} when written"
-        if _file_digest(path) != written["sha256"]:
-            return f"the bytes of its file {name} changed since it was written (it fails its checksum)"
-    return None
 
 
 class DamagedCheckpointError(Exception):
@@ -288,7 +241,7 @@ class Checkpoints:
                 f"checkpoint at step {step} ({error.path}) did not read back intact: {error.reason}. The older "
                 "checkpoints are kept; check the disk (free space, errors), then resume the run."
             ) from None
-        _write_file_list(self.path(step))
+        write_file_list(self.path(step))
         steps = self.steps()
         for old in steps[: max(len(steps) - self._keep, 0)]:
             if old < step:
@@ -312,7 +265,7 @@ class Checkpoints:
         step = self.latest_step() if step is None else step
         if step is None:
             raise FileNotFoundError(f"no complete checkpoint in {self.directory}.")
-        problem = _file_problem(self.path(step))
+        problem = file_list_problem(self.path(step))
         if problem is not None:
             raise DamagedCheckpointError(step, self.path(step), problem)
         return self._read(step, template)

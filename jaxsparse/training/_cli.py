@@ -1,4 +1,4 @@
-"""The ``jaxsparse`` command line: ``jaxsparse train [flags]``.
+"""The ``jaxsparse`` command line: ``jaxsparse train [flags]`` and ``jaxsparse compact RUN_DIR``.
 
 Every :class:`~jaxsparse.training.Config` field is a flag (``batch_size`` -> ``--batch-size``),
 generated from the field's type and help text, so the CLI can never fall behind the config.
@@ -19,6 +19,7 @@ from pathlib import Path
 
 from jaxsparse.data import DatasetNotPreparedError
 from jaxsparse.training._cache import compilation_cache
+from jaxsparse.training._compact_run import add_compact_parser, run_compact_command
 from jaxsparse.training._config import (
     CHOICES,
     Config,
@@ -36,7 +37,7 @@ _ALIASES = {"learning_rate": ["--lr"], "out_dir": ["--out"]}
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The ``jaxsparse`` argument parser, with its ``train`` subcommand."""
+    """The ``jaxsparse`` argument parser, with its ``train`` and ``compact`` subcommands."""
     parser = argparse.ArgumentParser(
         prog="jaxsparse", description="Sparse training in JAX (SET, RigL, Top-KAST, static, gradual magnitude)."
     )
@@ -96,6 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
             help=help_text,
             metavar=None if name in choices else "DIR" if name.endswith("_dir") else kind.__name__.upper(),
         )
+    add_compact_parser(commands)
     return parser
 
 
@@ -127,6 +129,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     """
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.command == "compact":
+        try:
+            run_compact_command(args)
+        except (ConfigError, DatasetNotPreparedError) as error:
+            parser.exit(2, f"jaxsparse compact: error: {error}\n")
+        return 0
     try:
         config = _config(args)
         with contextlib.ExitStack() as stack:
