@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from jaxsparse.compaction import compact
+from jaxsparse.compaction import compact, coupled_leaves
 from jaxsparse.masks import leaf_name
 from jaxsparse.models import create_model
 
@@ -267,3 +267,22 @@ def test_the_compacted_model_traces_once_per_input_shape():
 def test_bad_arguments_are_refused():
     with pytest.raises(ValueError, match="on_unsupported"):
         compact(lambda p, x: x @ p, jnp.ones((2, 2)), jnp.ones((1, 2)), on_unsupported="skip")
+
+
+def test_coupled_leaves_names_each_filters_norm_and_the_residual_streams():
+    net = create_model("resnet20", num_classes=10, input_shape=(8, 8, 3))
+    x = jnp.ones((2, 8, 8, 3))
+    variables = net.init(jax.random.key(0), x, train=False)
+
+    def apply_fn(params, x):
+        return net.apply({"params": params, "batch_stats": variables["batch_stats"]}, x, train=False)
+
+    coupled = coupled_leaves(apply_fn, variables["params"], x)
+    assert coupled["layer_4/conv_0/kernel"] == ("layer_4/norm_0/bias", "layer_4/norm_0/scale")
+    # The first stage's residual stream: the stem's norm and every block's second norm share it.
+    stream = coupled["layer_1/conv_1/kernel"]
+    assert coupled["input_conv/kernel"] == stream
+    assert set(stream) == {"input_norm/bias", "input_norm/scale"} | {
+        f"layer_{k}/norm_1/{p}" for k in range(3) for p in ("bias", "scale")
+    }
+    assert coupled["output/kernel"] == ("output/bias",)

@@ -47,7 +47,7 @@ import numpy as np
 from jaxsparse.compaction._constants import channel_constants
 from jaxsparse.compaction._coupling import INPUT, SHAPE_FREE, SPATIAL, Coupling, couple
 from jaxsparse.compaction._program import Program, trace
-from jaxsparse.masks import Params, leaf_name
+from jaxsparse.masks import Params, leaf_names
 
 __all__ = ["CompactModel", "LeafReport", "compact"]
 
@@ -112,7 +112,7 @@ class CompactModel:
 
     def compact_params(self, params: Params) -> Params:
         """A tree of the original shapes (parameters, or their gradients) cut to the compacted shapes."""
-        names = _names(params)
+        names = leaf_names(params)
         leaves = [
             _take_axes(np.asarray(leaf), self.kept[name])
             for name, leaf in zip(names, jax.tree.leaves(params), strict=True)
@@ -121,7 +121,7 @@ class CompactModel:
 
     def expand_params(self, small: Params) -> Params:
         """The compacted parameters put back at their original positions, zeros elsewhere."""
-        names = _names(self.full_shapes)
+        names = leaf_names(self.full_shapes)
         out = []
         for name, leaf, full in zip(names, jax.tree.leaves(small), jax.tree.leaves(self.full_shapes), strict=True):
             array = np.zeros(full.shape, full.dtype)
@@ -140,10 +140,6 @@ class CompactModel:
         return before, after
 
 
-def _names(params) -> list[str]:
-    return [leaf_name(path) for path, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
-
-
 def _take_axes(array: np.ndarray, kept: Kept) -> np.ndarray:
     for axis, indices in enumerate(kept):
         if indices is not None:
@@ -155,7 +151,7 @@ def _keep_from_leaves(coupling: Coupling, program: Program, full_shapes, kept: M
     """Per channel class, its kept indices, decoded from the parameter leaves' kept flat indices."""
     keep: dict[int, np.ndarray] = {}
     owner: dict[int, str] = {}
-    for value, name in zip(program.inputs, _names(full_shapes), strict=False):  # then the arguments
+    for value, name in zip(program.inputs, leaf_names(full_shapes), strict=False):  # then the arguments
         for axis, indices in enumerate(kept[name]):
             if indices is None:
                 continue
@@ -298,7 +294,7 @@ def compact(
     if on_unsupported not in ("error", "keep"):
         raise ValueError(f"on_unsupported must be 'error' or 'keep', got {on_unsupported!r}.")
     leaves = jax.tree.leaves(params)
-    names = _names(params)
+    names = leaf_names(params)
     program = trace(apply_fn, params, *args)
     coupling = couple(program)
     param_ids = program.inputs[: len(leaves)]

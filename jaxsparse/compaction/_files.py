@@ -42,7 +42,7 @@ import numpy as np
 
 from jaxsparse._file_lists import file_list_problem, write_file_list
 from jaxsparse.compaction._compact import CompactModel, LeafReport
-from jaxsparse.masks import Params, leaf_name
+from jaxsparse.masks import Params, leaf_names
 
 __all__ = ["DamagedCompactedModelError", "load_compacted", "save_compacted"]
 
@@ -77,10 +77,6 @@ def _stored(array: np.ndarray) -> np.ndarray:
     return array if array.dtype.isbuiltin == 1 else array.view(f"u{array.dtype.itemsize}")
 
 
-def _names(tree: Any) -> list[str]:
-    return [leaf_name(path) for path, _ in jax.tree_util.tree_flatten_with_path(tree)[0]]
-
-
 def save_compacted(model: CompactModel, folder: str | Path) -> Path:
     """Writes ``model``'s smaller parameters and kept indices into ``folder``, atomically.
 
@@ -105,7 +101,7 @@ def save_compacted(model: CompactModel, folder: str | Path) -> Path:
       ((1, 2), [[3.0, 3.0]])
     """
     folder = Path(folder).absolute()
-    names = _names(model.params)
+    names = leaf_names(model.params)
     arrays = [np.asarray(x) for x in jax.tree.leaves(model.params)]
     fulls = jax.tree.leaves(model.full_shapes)
     because = {r.name: r.kept_because for r in model.report}
@@ -201,7 +197,7 @@ def load_compacted(folder: str | Path, apply_fn: Callable, tree_like: Params | N
     shapes = [jax.ShapeDtypeStruct(tuple(leaf["shape"]), jnp.dtype(leaf["dtype"])) for leaf in leaves]
     if tree_like is None:
         structure = jax.tree.structure(_nested(names, shapes))
-        if _names(jax.tree.unflatten(structure, shapes)) != names:
+        if leaf_names(jax.tree.unflatten(structure, shapes)) != names:
             # Sorted dict keys would reorder the leaves; the saved order is the model's own.
             raise ValueError(
                 f"the leaves saved in {folder / _KEPT} are not in the order of nested dicts; pass tree_like, a tree "
@@ -209,7 +205,7 @@ def load_compacted(folder: str | Path, apply_fn: Callable, tree_like: Params | N
             )
     else:
         structure = jax.tree.structure(tree_like)
-        given = _names(tree_like)
+        given = leaf_names(tree_like)
         given_shapes = [tuple(np.shape(x)) for x in jax.tree.leaves(tree_like)]
         if given != names or given_shapes != [s.shape for s in shapes]:
             raise ValueError(

@@ -8,6 +8,7 @@ from jaxsparse.masks._layout import (
     default_filter,
     fixed_sparsity,
     leaf_name,
+    leaf_names,
     natural_key,
     structures_of,
 )
@@ -61,6 +62,7 @@ __all__ = [
     "expand_masks",
     "fixed_sparsity",
     "leaf_name",
+    "leaf_names",
     "mask_leaves",
     "masked",
     "masks_from_leaves",

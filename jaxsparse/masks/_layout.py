@@ -53,6 +53,11 @@ def leaf_name(path: tuple) -> str:
     return jax.tree_util.keystr(path, simple=True, separator="/")
 
 
+def leaf_names(tree) -> list[str]:
+    """The :func:`leaf_name` of every leaf of ``tree``, in flattening order."""
+    return [leaf_name(path) for path, _ in jax.tree_util.tree_leaves_with_path(tree)]
+
+
 def _listing(names: list[str]) -> str:
     """Names for an error message: all of them up to 12, then a count of the rest."""
     shown = ", ".join(repr(name) for name in names[:12])
