@@ -171,6 +171,8 @@ def test_a_channel_zero_in_one_branch_only_is_kept():
     variables["params"]["outer"]["kernel"][..., 5] = 0.0  # the stem still writes channel 5
     model = compact(net.apply, variables, batch)
     assert all(r.before == r.after for r in model.report)
+    reason = {r.name: r for r in model.report}["params/outer/kernel"].kept_because[3]
+    assert reason.startswith("1 zero slice(s) kept") and "residual sum" in reason
     _assert_same_function(net.apply, variables, model, batch)
 
 
