@@ -42,9 +42,11 @@ def _term(criterion: str, theta: np.ndarray, g: np.ndarray, channels: bool) -> n
 
 
 def _score(criterion: str, theta: np.ndarray, average, channels: bool) -> np.ndarray:
-    """The pruning score: ``|theta|`` (a group's L2 norm), the averaged Taylor term, or ``sum_G F theta^2 / 2``."""
+    """The pruning score: ``|theta|`` (a group's L2 or L1 norm), the averaged Taylor term, or ``sum_G F theta^2/2``."""
     if criterion == "magnitude":
         return np.sqrt(_groups(theta**2, channels)) if channels else np.abs(theta)
+    if criterion == "l1":
+        return _groups(np.abs(theta), channels)
     if criterion == "taylor":
         return average
     return _groups(0.5 * average * theta**2, channels)
@@ -179,11 +181,11 @@ def test_the_default_criterion_is_magnitude_and_unchanged():
 
 
 def test_bad_criteria_raise_clear_errors():
-    with pytest.raises(ValueError, match=r"unknown criterion 'wanda'; choose one of magnitude, taylor, obd.*one_shot"):
+    with pytest.raises(ValueError, match=r"'wanda'; choose one of magnitude, l1, taylor, obd.*one_shot"):
         jsp.gradual_magnitude(0.8, end_step=10, criterion="wanda")
     with pytest.raises(ValueError, match="step 0 does not have"):
         jsp.gradual_magnitude(0.8, end_step=10, criterion="taylor", initial_sparsity=0.5)
-    with pytest.raises(ConfigError, match="criterion='wanda' is invalid: must be one of magnitude, taylor, obd"):
+    with pytest.raises(ConfigError, match="criterion='wanda' is invalid: must be one of magnitude, l1, taylor, obd"):
         Config(method="gradual_magnitude", options={"criterion": "wanda"})
     algo = jsp.gradual_magnitude(0.8, end_step=10, criterion="taylor")
     params = make_mlp(jax.random.key(0), SIZES)

@@ -33,6 +33,8 @@ STRUCTURES = {
 }
 OWN_STRUCTURE = {"nm_ste": "2:4", "nm_sr_ste": "2:4", "srigl": "fan_in"}  # methods built for one structure
 OWN_STRUCTURE["snfs"] = "channel"  # moves counts across layers: refuses 2:4 and fan_in (tests/test_snfs.py)
+# SSL's group types choose its groups and its masks stay per weight; L1-filter pruning removes filters.
+OWN_STRUCTURE.update(ssl="unstructured", l1_filter="channel")
 
 
 def _row_counts(structure, mask: np.ndarray) -> np.ndarray | None:

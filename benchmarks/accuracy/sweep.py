@@ -74,8 +74,9 @@ VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {"p_gap": ("gap", {"gap_parall
 STRUCTURED = tuple(method.name for method in registered() if method.default_structure not in (None, "unstructured"))
 """Registered methods with a structure of their own (``nm_ste``'s 2:4, which fixes the sparsity at 50%;
 ``srigl``'s constant fan-in): the structure study runs them, this sweep only on request."""
-ON_REQUEST = ("imp",)
-"""Unstructured methods whose run is several trainings (IMP: ``IMP_ROUNDS + 1``): only with ``--methods imp``."""
+ON_REQUEST = ("imp", "ssl")
+"""Unstructured methods whose run is several trainings (IMP: ``IMP_ROUNDS + 1``), or whose sparsity is no
+target but follows from a penalty's strength (SSL's ``lambda``): only with ``--methods imp`` / ``ssl``."""
 IMP_ROUNDS = 4
 """IMP's pruning rounds after the dense round; the fraction per round is derived from the sparsity."""
 SPARSE_METHODS = (

@@ -51,7 +51,7 @@ GOAL = 0.7
 
 
 def _zero(array: np.ndarray, axis: int, count: int, rng: np.random.Generator) -> np.ndarray:
-    chosen = rng.choice(array.shape[axis], count, replace=False)
+    chosen = rng.choice(array.shape[axis], min(count, array.shape[axis] - 1), replace=False)  # one stays
     index = [slice(None)] * array.ndim
     index[axis] = chosen
     array[tuple(index)] = 0
@@ -89,7 +89,8 @@ def measure(name: str, fraction: float, batches: Sequence[int], rounds: int, see
     key = jax.random.key(seed)
     example = jax.random.normal(key, (2, *INPUTS[name]))
     variables = net.init(key, example, train=False)
-    variables = remove_channels(name, variables, fraction, np.random.default_rng(seed))
+    # On the device, as the compacted parameters are: host arrays would be copied over at every call.
+    variables = jax.device_put(remove_channels(name, variables, fraction, np.random.default_rng(seed)))
     apply_fn = functools.partial(net.apply, train=False)
     model = compact(apply_fn, variables, example)
     dense_step, compact_step = jax.jit(apply_fn), jax.jit(model)

@@ -15,7 +15,7 @@ from jaxsparse.algorithms._base import (
     newly_active,
     sparse_forward_cost,
 )
-from jaxsparse.algorithms._registry import Method, Option, Settings, lookup, register, registered
+from jaxsparse.algorithms._registry import Method, ModelSpec, Option, Settings, lookup, register, registered
 from jaxsparse.algorithms._magnitude_pruning import SCOPES
 from jaxsparse.algorithms._static import Static, static
 from jaxsparse.algorithms._drop_and_grow import DropAndGrow, drop_and_regrow, drop_count, rigl, set_
@@ -28,8 +28,11 @@ from jaxsparse.algorithms._nm_ste import NMSte, SparseRefinedDecay, magnitude_ma
 from jaxsparse.algorithms._imp import REWINDS, ImpState, IterativeMagnitude, imp, imp_sparsity, parse_rewind
 from jaxsparse.algorithms._snfs import SparseMomentum, SparseMomentumState, prune_count, regrowth_counts, snfs
 from jaxsparse.algorithms._movement import MOVEMENT_VARIANTS, MovementPruning, MovementState, movement
+from jaxsparse.algorithms._ssl import FINETUNE_STEPS, StructuredSparsityLearning, finetune_start, ssl
+from jaxsparse.algorithms._l1_filter import l1_filter
 
 __all__ = [
+    "FINETUNE_STEPS",
     "GAMMA_SAL",
     "GRADUAL_CRITERIA",
     "MOVEMENT_VARIANTS",
@@ -45,6 +48,7 @@ __all__ = [
     "ImpState",
     "IterativeMagnitude",
     "Method",
+    "ModelSpec",
     "MovementPruning",
     "MovementState",
     "NMSte",
@@ -58,15 +62,18 @@ __all__ = [
     "SparseRefinedDecay",
     "Static",
     "StructuredRigL",
+    "StructuredSparsityLearning",
     "TopKast",
     "drop_and_regrow",
     "drop_count",
+    "finetune_start",
     "gap",
     "gap_partitions",
     "gradual_magnitude",
     "grown_values",
     "imp",
     "imp_sparsity",
+    "l1_filter",
     "layer_key",
     "lookup",
     "magnitude_masks",
@@ -87,6 +94,7 @@ __all__ = [
     "snfs",
     "sparse_forward_cost",
     "srigl",
+    "ssl",
     "static",
     "top_kast",
 ]

@@ -293,9 +293,10 @@ def gradual_magnitude(
         only: the gradient criteria have no gradient at step 0).
       power: exponent of the ramp (3 in the paper).
       scope: ``"layer"`` (each layer reaches its own target) or ``"global"`` (one threshold).
-      criterion: ``"magnitude"`` (``|theta|``), ``"l1"`` (a group's ``sum |theta|``, Li et al. 2017), ``"taylor"`` (``(sum g theta)^2`` averaged since the
-        last prune, Molchanov et al. 2019) or ``"obd"`` (``1/2 F theta^2`` with ``F`` the running
-        mean of ``g^2``, LeCun et al. 1990); see the module docstring.
+      criterion: ``"magnitude"`` (``|theta|``), ``"l1"`` (a group's ``sum |theta|``, Li et al. 2017),
+        ``"taylor"`` (``(sum g theta)^2`` averaged since the last prune, Molchanov et al. 2019) or
+        ``"obd"`` (``1/2 F theta^2`` with ``F`` the running mean of ``g^2``, LeCun et al. 1990); see the
+        module docstring.
       skip_optimizer_on_update: apply no optimizer step on pruning steps.
       regularizer: an optional penalty added to training.
       **layout_options: further :class:`~jaxsparse.masks.SparsityLayout` fields.
@@ -343,7 +344,8 @@ CRITERION = Option(
     "criterion",
     str,
     "magnitude",
-    "gradual_magnitude: what prunes: magnitude |w|, l1 (a group's sum |w|), taylor (g w)^2 or obd F w^2/2, gradients averaged between prunes",
+    "gradual_magnitude: what prunes: magnitude |w|, l1 (a group's sum |w|), taylor (g w)^2 or obd F w^2/2, "
+    "gradients averaged between prunes",
     valid=lambda value, settings: value in GRADUAL_CRITERIA,
     rule=f"must be one of {', '.join(GRADUAL_CRITERIA)}",
 )

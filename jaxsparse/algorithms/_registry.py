@@ -22,7 +22,21 @@ from typing import Any, NamedTuple
 from jaxsparse.algorithms._base import SparseAlgorithm
 from jaxsparse.masks import StructureSpec, Unstructured, fixed_sparsity, parse_structure
 
-__all__ = ["Method", "Option", "Settings", "lookup", "register", "registered"]
+__all__ = ["Method", "ModelSpec", "Option", "Settings", "lookup", "register", "registered"]
+
+
+class ModelSpec(NamedTuple):
+    """The model a method will train, for methods that read its computation (SSL's coupled groups).
+
+    Attributes:
+      apply_fn: the model as ``apply_fn(params, inputs)``, its other collections bound.
+      params: the parameter tree the algorithm sees; leaves may be :class:`jax.ShapeDtypeStruct`.
+      inputs: a batch of inputs, or its :class:`jax.ShapeDtypeStruct`.
+    """
+
+    apply_fn: Callable
+    params: Any
+    inputs: Any
 
 
 class Settings(NamedTuple):
@@ -40,6 +54,7 @@ class Settings(NamedTuple):
       steps: the steps of the run's learning-rate schedule (``None``: not known; IMP's round).
       learning_rate: the inner optimizer's learning rate, a float or a schedule of the optimizer
         step (``None``: not known), for methods whose proximal step scales with it (SSL's).
+      model: the model to be trained (``None``: not known), for methods that trace it.
       options: the method's own options by name (every option present, defaults filled in).
     """
 
@@ -53,6 +68,7 @@ class Settings(NamedTuple):
     end_step: int | None = None
     steps: int | None = None
     learning_rate: Any = None
+    model: ModelSpec | None = None
     options: Mapping[str, Any] = {}
 
     def factory_keywords(self) -> dict[str, Any]:

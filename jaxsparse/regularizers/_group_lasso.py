@@ -116,7 +116,8 @@ class GroupLasso(Regularizer):
             if plan is None:
                 leaves.append(jnp.zeros_like(param))
                 continue
-            leaves.append((strength * plan.structure.expand(inverse_norms(norm), plan.shape) * param).astype(param.dtype))
+            inverse = plan.structure.expand(inverse_norms(norm), plan.shape)
+            leaves.append((strength * inverse * param).astype(param.dtype))
         return jax.tree.unflatten(jax.tree.structure(params), leaves)
 
     def proximal(self, params: Params, masks: Masks, plans, step) -> Params | None:

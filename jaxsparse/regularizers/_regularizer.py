@@ -9,7 +9,8 @@ wrapper uses it in two ways, both optional:
   replaced by ``prox(theta')``. Group soft-thresholding, ``prox(w_g) = w_g max(0, 1 - tau/||w_g||)``,
   sets whole groups exactly to zero (Parikh & Boyd 2014, Section 6.5.4).
 
-``value`` is the penalty itself, for logging; the wrapper never needs it.
+``value`` is the penalty itself, for logging, and ``summary`` what a run's report shows about it
+(SSL's zero groups); the wrapper never needs either.
 
 References:
   Parikh & Boyd, "Proximal Algorithms", Foundations and Trends in Optimization 1(3), 2014.
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Sequence
+from typing import Any
 
 import jax
 
@@ -63,4 +65,9 @@ class Regularizer(abc.ABC):
     ) -> Params | None:
         """The parameters after the proximal step, from those after the optimizer step (``None``: no step)."""
         del params, masks, plans, step
+        return None
+
+    def summary(self, params: Params, plans: Sequence[LayerPlan | None]) -> dict[str, Any] | None:
+        """What a run's ``summary.json`` reports about the regulariser at the end, as JSON (``None``: nothing)."""
+        del params, plans
         return None

@@ -2,18 +2,39 @@
 
 from __future__ import annotations
 
+import functools
+
+import flax.linen as nn
 import jax
+import jax.numpy as jnp
 import optax
 
 import jaxsparse as jsp
-from jaxsparse.algorithms import lookup
+from jaxsparse.algorithms import ModelSpec, lookup
 from jaxsparse.masks import default_filter, leaf_name
 from jaxsparse.training._config import Config, ConfigError
 
-__all__ = ["make_algorithm", "make_optimizer"]
+__all__ = ["make_algorithm", "make_optimizer", "model_spec"]
 
 
-def make_algorithm(config: Config) -> jsp.SparseAlgorithm | None:
+def model_spec(model: nn.Module, input_shape: tuple[int, ...]) -> ModelSpec:
+    """The harness's model as a method may trace it: ``apply(params, x)`` in evaluation mode, on shapes only.
+
+    The collections other than ``params`` (batch statistics) are bound as zeros: a trace reads
+    their shapes, not their values.
+    """
+    inputs = jax.ShapeDtypeStruct((2, *input_shape), jnp.float32)
+    variables = jax.eval_shape(functools.partial(model.init, train=False), jax.random.key(0), inputs)
+    others = {name: tree for name, tree in variables.items() if name != "params"}
+
+    def apply_fn(params, x):
+        state = jax.tree.map(lambda leaf: jnp.zeros(leaf.shape, leaf.dtype), others)
+        return model.apply({"params": params, **state}, x, train=False)
+
+    return ModelSpec(apply_fn, variables["params"], inputs)
+
+
+def make_algorithm(config: Config, model: ModelSpec | None = None) -> jsp.SparseAlgorithm | None:
     """The registered algorithm of ``config.method``, built from its settings, or ``None`` for dense training.
 
     Dense training uses the plain inner optimizer rather than ``sparsify`` at sparsity 0: the
@@ -22,6 +43,10 @@ def make_algorithm(config: Config) -> jsp.SparseAlgorithm | None:
 
     Every dynamic method updates masks on the grid ``begin_step, begin_step + update_every, ...``
     up to :attr:`Config.mask_end_step` (75% of training unless set, as in RigL).
+
+    Args:
+      config: the run's settings.
+      model: the model to be trained (:func:`model_spec`), for methods that trace it.
 
     Raises:
       ConfigError: the method refuses these settings (e.g. ``srigl`` at a structure other than
@@ -35,7 +60,8 @@ def make_algorithm(config: Config) -> jsp.SparseAlgorithm | None:
         return None
     try:
         # The schedule make_optimizer steps with, for methods whose proximal step scales with it.
-        return lookup(config.method).build(config.settings()._replace(learning_rate=learning_rate_schedule(config)))
+        settings = config.settings()._replace(learning_rate=learning_rate_schedule(config), model=model)
+        return lookup(config.method).build(settings)
     except ValueError as error:
         raise ConfigError(f"--method {config.method} with structure={config.structure!r}: {error}") from None
 

@@ -41,7 +41,7 @@ from jaxsparse.compaction import CompactModel, compact, save_compacted
 from jaxsparse.data import Dataset, eval_batches, load_dataset, train_batches
 from jaxsparse.inspection import layer_flops
 from jaxsparse.models import create_model
-from jaxsparse.training._build import make_algorithm, make_optimizer
+from jaxsparse.training._build import make_algorithm, make_optimizer, model_spec
 from jaxsparse.training._checkpoint import Checkpoints, DamagedCheckpointError
 from jaxsparse.training._config import Config, ConfigError
 from jaxsparse.training._initial_masks import initial_masks
@@ -109,7 +109,7 @@ def _read_config(run_dir: Path) -> Config:
 
 def _template(config: Config, model: Any, dataset: Dataset) -> tuple[dict[str, Any], dict[str, Any], bool]:
     """The state a checkpoint of this run holds, at step 0, as :func:`~jaxsparse.training.train` builds it."""
-    algorithm = make_algorithm(config)
+    algorithm = make_algorithm(config, model_spec(model, dataset.input_shape))
     sparse = algorithm is not None
     replicas = Replicas.for_algorithm(algorithm, config.batch_size)
     init_key, mask_key = jax.random.split(jax.random.key(config.seed))

@@ -36,7 +36,7 @@ from jaxsparse.data import Dataset, eval_batches, load_dataset, train_batches
 from jaxsparse.inspection import inference_flops_ratio, layer_flops, training_flops_ratio
 from jaxsparse.masks import Masks, Params
 from jaxsparse.models import create_model
-from jaxsparse.training._build import make_algorithm, make_optimizer
+from jaxsparse.training._build import make_algorithm, make_optimizer, model_spec
 from jaxsparse.training._checkpoint import Checkpoints, NoIntactCheckpointError
 from jaxsparse.training._config import Config, ConfigError
 from jaxsparse.training._initial_masks import initial_masks
@@ -204,11 +204,8 @@ def _initial_state(
     return state, axes
 
 
-def _check_layout(algorithm: jsp.SparseAlgorithm, model: nn.Module, dataset: Dataset, config: Config) -> None:
+def _check_layout(algorithm: jsp.SparseAlgorithm, shapes: Params, config: Config) -> None:
     """Plans the model's parameter shapes before anything runs: a structure that does not fit is a ConfigError."""
-    shapes = jax.eval_shape(
-        functools.partial(model.init, train=False), jax.random.key(0), jnp.zeros((1, *dataset.input_shape))
-    )["params"]
     try:
         algorithm.plan(shapes)
     except ValueError as error:
@@ -313,10 +310,11 @@ def train(config: Config, *, resume: bool = False, progress: bool = True) -> Tra
 
         dataset = load_dataset(config.dataset, data_dir=config.data_dir)
         model = create_model(config.model, num_classes=dataset.num_classes, input_shape=dataset.input_shape)
-        algorithm = make_algorithm(config)
+        spec = model_spec(model, dataset.input_shape)
+        algorithm = make_algorithm(config, spec)
         sparse = algorithm is not None
         if sparse:
-            _check_layout(algorithm, model, dataset, config)
+            _check_layout(algorithm, spec.params, config)
         replicas = Replicas.for_algorithm(algorithm, config.batch_size)
         mesh = contextlib.nullcontext() if replicas is None else jax.set_mesh(replicas.mesh)
         init_key, mask_key = jax.random.split(jax.random.key(config.seed))
@@ -430,6 +428,10 @@ def _finish(
     inference_params = _model_params(params, opt_state, sparse)
     stats_masks = masks if sparse else jax.tree.map(lambda _: None, params)
     stats = jsp.layer_stats(inference_params, stats_masks)
+    regularizer = None if algorithm is None or algorithm.regularizer is None else algorithm.regularizer
+    regularizer_summary = (
+        None if regularizer is None else regularizer.summary(inference_params, algorithm.plan(inference_params))
+    )
     report = run_report(
         config,
         rows=rows,
@@ -438,10 +440,11 @@ def _finish(
         flops=_flops(config, model, dataset, params, model_state, opt_state, algorithm),
         wall_time=wall_time,
         init=init_report,
+        regularizer=regularizer_summary,
     )
     out_dir = Path(config.out_dir)
     (out_dir / "summary.json").write_text(json.dumps(report, indent=2) + "\n")
-    plot_run(rows, stats, out_dir, config=config)
+    plot_run(rows, stats, out_dir, config=config, regularizer=regularizer_summary)
     return TrainResult(config, out_dir, params, model_state, opt_state, masks, list(rows), report)
 
 

@@ -1,4 +1,4 @@
-"""PNG plots of a run: learning curves, per-layer sparsity and mask change over time.
+"""PNG plots of a run: learning curves, per-layer sparsity, mask change over time (and SSL's zero groups).
 
 Figures are drawn on ``matplotlib.figure.Figure`` objects and saved through the Agg canvas, never
 through ``pyplot``: the harness must not switch the global backend of a notebook or GUI session
@@ -100,17 +100,41 @@ def _rounds(rows: Sequence[dict[str, Any]], config: Config) -> Figure:
     return figure
 
 
-def run_figures(rows: Sequence[dict[str, Any]], stats: Sequence[LayerStats], config: Config) -> dict[str, Figure]:
+def _zero_groups(zero_groups: dict[str, dict[str, list[int]]], config: Config) -> Figure:
+    """SSL's all-zero groups: per layer and group type, the fraction of its groups at zero (labels: zero / all)."""
+    bars = [
+        (f"{layer} ({kind})", zero, total)
+        for layer, kinds in zero_groups.items()
+        for kind, (zero, total) in kinds.items()
+    ]
+    figure = _figure(config, (8, 1.6 + 0.4 * max(len(bars), 1)))
+    axes = figure.subplots()
+    drawn = axes.barh([name for name, _, _ in bars], [zero / max(total, 1) for _, zero, total in bars])
+    axes.bar_label(drawn, labels=[f"{zero}/{total}" for _, zero, total in bars], padding=3)
+    axes.invert_yaxis()  # first layer on top
+    axes.set(xlim=(0, 1.15), xlabel="fraction of groups all zero", title="zero groups per layer and group type")
+    axes.grid(axis="x", alpha=0.3)
+    return figure
+
+
+def run_figures(
+    rows: Sequence[dict[str, Any]],
+    stats: Sequence[LayerStats],
+    config: Config,
+    regularizer: dict[str, Any] | None = None,
+) -> dict[str, Figure]:
     """The figures :func:`plot_run` saves, by file name, each titled with the run it shows.
 
     Args:
       rows: the metrics rows (see :data:`~jaxsparse.training.COLUMNS`).
       stats: the final per-leaf statistics (:func:`jaxsparse.layer_stats`).
       config: the run's settings, which the titles name.
+      regularizer: the regulariser's report (:func:`~jaxsparse.training.run_report`'s ``regularizer``).
 
     Returns:
-      ``{"curves.png": ..., "layer_sparsity.png": ..., "mask_change.png": ...}``, unsaved, and
-      ``"rounds.png"`` (accuracy against sparsity over the rounds) for a run with pruning rounds.
+      ``{"curves.png": ..., "layer_sparsity.png": ..., "mask_change.png": ...}``, unsaved,
+      ``"rounds.png"`` (accuracy against sparsity over the rounds) for a run with pruning rounds, and
+      ``"zero_groups.png"`` for a regulariser reporting ``zero_groups`` (SSL).
     """
     figures = {
         "curves.png": _curves(rows, config),
@@ -119,11 +143,18 @@ def run_figures(rows: Sequence[dict[str, Any]], stats: Sequence[LayerStats], con
     }
     if round_results(list(rows)):
         figures["rounds.png"] = _rounds(rows, config)
+    if regularizer is not None and regularizer.get("zero_groups"):
+        figures["zero_groups.png"] = _zero_groups(regularizer["zero_groups"], config)
     return figures
 
 
 def plot_run(
-    rows: Sequence[dict[str, Any]], stats: Sequence[LayerStats], folder: str | Path, *, config: Config
+    rows: Sequence[dict[str, Any]],
+    stats: Sequence[LayerStats],
+    folder: str | Path,
+    *,
+    config: Config,
+    regularizer: dict[str, Any] | None = None,
 ) -> list[Path]:
     """Writes ``curves.png``, ``layer_sparsity.png``, ``mask_change.png`` (and ``rounds.png``) into ``folder``.
 
@@ -132,12 +163,13 @@ def plot_run(
       stats: the final per-leaf statistics (:func:`jaxsparse.layer_stats`).
       folder: where to write.
       config: the run's settings, which the titles name.
+      regularizer: the regulariser's report, for ``zero_groups.png`` (SSL).
 
     Returns:
       The paths written.
     """
     paths = []
-    for name, figure in run_figures(rows, stats, config).items():
+    for name, figure in run_figures(rows, stats, config, regularizer).items():
         FigureCanvasAgg(figure)
         figure.savefig(Path(folder) / name, dpi=120)
         paths.append(Path(folder) / name)

@@ -69,6 +69,7 @@ def run_report(
     flops: dict[str, float],
     wall_time: float,
     init: dict[str, Any] | None = None,
+    regularizer: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The contents of ``summary.json``.
 
@@ -82,11 +83,15 @@ def run_report(
         checkpoints included, start-up and this report not; summed over the sessions of a resumed run.
       init: how ``--init`` chose the initial masks (criterion, scope, the number and names of the
         layers it left without an active weight); ``None``: the method's own.
+      regularizer: what the algorithm's regulariser reports at the end
+        (:meth:`~jaxsparse.regularizers.Regularizer.summary`; SSL: ``zero_groups``, per layer and
+        group type the number of all-zero groups and of groups); ``None``: nothing.
 
     Returns:
       A JSON-serialisable dict: the final metrics row, the best test accuracy, the total and
       per-layer sparsity, the FLOPs, wall time, versions, git commit and device; for a run with
-      pruning rounds (IMP), ``rounds``: each round's step, sparsity and test accuracy at its end.
+      pruning rounds (IMP), ``rounds``: each round's step, sparsity and test accuracy at its end;
+      ``regularizer`` when the regulariser reports something.
     """
     sparsified = [s for s in stats if s.sparsified]
     size = sum(s.size for s in sparsified)
@@ -104,6 +109,7 @@ def run_report(
         "device": f"{jax.default_backend()}: {jax.devices()[0].device_kind} x {jax.device_count()}",
         **_rounds(rows),
         **({} if init is None else {"init": init}),
+        **({} if regularizer is None else {"regularizer": regularizer}),
     }
 
 
