@@ -52,15 +52,16 @@ def _apply_fn():
 def _predicted_kept(params) -> dict[str, np.ndarray]:
     """Per hidden layer, the neurons that are not provably dead or unused, from the weights alone.
 
-    Neuron ``i`` of ``Dense_n`` is removable when it is always 0 (its kernel column is zero over the
-    neurons kept before it and its bias is <= 0, so ReLU gives 0) or nothing uses it (the next
-    kernel's row ``i`` is zero).
+    Neuron ``i`` of ``Dense_n`` is removable when it is constant (its kernel column is zero over the
+    neurons kept before it, the others being constants too: it emits ``relu(b_i)``, which is 0 or is
+    folded into the next dense layer as a constant) or nothing uses it (the next kernel's row ``i``
+    is zero).
     """
     layers = [params[f"Dense_{n}"] for n in range(3)]
     kept, alive = {}, np.ones(layers[0]["kernel"].shape[0], bool)
     for n in range(2):
-        kernel, bias = np.asarray(layers[n]["kernel"]), np.asarray(layers[n]["bias"])
-        dead = np.all(kernel[alive] == 0, axis=0) & (bias <= 0)
+        kernel = np.asarray(layers[n]["kernel"])
+        dead = np.all(kernel[alive] == 0, axis=0)
         unused = np.all(np.asarray(layers[n + 1]["kernel"]) == 0, axis=1)
         alive = ~(dead | unused)
         kept[f"Dense_{n}"] = np.flatnonzero(alive)

@@ -288,3 +288,23 @@ def test_coupled_leaves_names_each_filters_norm_and_the_residual_streams():
         f"layer_{k}/norm_1/{p}" for k in range(3) for p in ("bias", "scale")
     }
     assert coupled["output/kernel"] == ("output/bias",)
+
+
+def test_a_constant_channel_feeding_a_dense_layer_is_folded_into_it():
+    net = create_model("lenet5", num_classes=10, input_shape=(40, 1))
+    batch = jax.random.normal(jax.random.key(0), (3, 40, 1))
+    variables = jax.tree.map(np.array, net.init(jax.random.key(0), batch, train=False))
+    params = variables["params"]
+    # Zeroed filters with positive biases emit relu(b) > 0: constants, not zeros.
+    params["Conv_1"]["kernel"][..., [2, 9]] = 0.0
+    params["Conv_1"]["bias"][[2, 9]] = [0.3, 0.7]
+    params["Dense_0"]["kernel"][:, [5, 50, 100]] = 0.0
+    params["Dense_0"]["bias"][[5, 50, 100]] = [0.2, 0.4, 1.5]
+    apply_fn = functools.partial(net.apply, train=False)
+    model = compact(apply_fn, variables, batch)
+    shapes = _shapes(model)
+    assert shapes["params/Conv_1/kernel"][1] == (5, 6, 14)
+    assert shapes["params/Dense_0/kernel"][1] == (14 * shapes["params/Dense_0/kernel"][0][0] // 16, 117)
+    assert shapes["params/Dense_1/kernel"][1] == (117, 84)
+    assert len(model.folds) == 2  # into Dense_0 (from the flattened channels) and Dense_1
+    _assert_same_function(apply_fn, variables, model, jax.random.normal(jax.random.key(1), (6, 40, 1)))

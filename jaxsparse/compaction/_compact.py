@@ -46,6 +46,7 @@ import numpy as np
 
 from jaxsparse.compaction._constants import channel_constants
 from jaxsparse.compaction._coupling import INPUT, SHAPE_FREE, SPATIAL, Coupling, couple
+from jaxsparse.compaction._folding import concrete_values, fold_term, foldable_side
 from jaxsparse.compaction._program import Program, trace
 from jaxsparse.masks import Params, leaf_names
 
@@ -86,6 +87,8 @@ class CompactModel:
       kept: ``{leaf name: per axis, the kept indices or None}`` for every parameter leaf.
       params: the smaller parameters.
       report: per leaf, the shapes before and after, and why zero channels were kept.
+      folds: ``(k, term)``: the constant added to the ``k``-th ``dot_general``'s result, from
+        removed channels that were constant (:mod:`~jaxsparse.compaction._folding`).
     """
 
     apply_fn: Callable
@@ -93,12 +96,13 @@ class CompactModel:
     kept: Mapping[str, Kept]
     params: Params
     report: tuple[LeafReport, ...] = ()
+    folds: tuple[tuple[int, np.ndarray], ...] = ()
     _traces: dict = dataclasses.field(default_factory=dict, repr=False)
 
     def __call__(self, params: Params, *args):
-        program, coupling, keep = self._traced(_cache_key(args), args)
+        program, coupling, keep, folds = self._traced(_cache_key(args), args)
         values = [*jax.tree.leaves(params), *jax.tree.leaves(args)]
-        outputs = _run(program, coupling, keep, values)
+        outputs = _run(program, coupling, keep, values, folds)
         return jax.tree.unflatten(program.out_tree, outputs)
 
     def _traced(self, key, args):
@@ -107,7 +111,8 @@ class CompactModel:
             abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), jnp.result_type(x)), args)
             program = trace(self.apply_fn, self.full_shapes, *abstract)
             coupling = couple(program)
-            self._traces[key] = (program, coupling, _keep_from_leaves(coupling, program, self.full_shapes, self.kept))
+            keep = _keep_from_leaves(coupling, program, self.full_shapes, self.kept)
+            self._traces[key] = (program, coupling, keep, _place_folds(program, coupling, keep, self.folds))
         return self._traces[key]
 
     def compact_params(self, params: Params) -> Params:
@@ -175,6 +180,22 @@ def _keep_from_leaves(coupling: Coupling, program: Program, full_shapes, kept: M
     return {c: k for c, k in keep.items() if len(k) < coupling.atoms.size[c]}
 
 
+def _place_folds(program: Program, coupling: Coupling, keep, folds) -> dict[int, np.ndarray]:
+    """The folds by equation index of this trace (the ``k``-th ``dot_general``), checked to fit its result."""
+    products = [i for i, eqn in enumerate(program.equations) if eqn.name == "dot_general"]
+    placed = {}
+    for ordinal, term in folds:
+        index = products[ordinal] if ordinal < len(products) else None
+        target = None if index is None else _small_shape(coupling, program, keep, program.equations[index].outputs[0])
+        if target is None or np.broadcast_shapes(np.shape(term), target) != target:
+            raise ValueError(
+                f"this compacted model folds a constant into its product number {ordinal}, but the model traced for "
+                f"these inputs has no such product of a fitting shape ({target}): compact it for this model."
+            )
+        placed[index] = term
+    return placed
+
+
 def _small_shape(coupling: Coupling, program: Program, keep, value: int) -> tuple[int, ...]:
     shape = []
     for axis, n in enumerate(program.shapes[value]):
@@ -186,29 +207,35 @@ def _small_shape(coupling: Coupling, program: Program, keep, value: int) -> tupl
 
 
 def _take(coupling: Coupling, program: Program, keep, value: int, array):
-    classes = coupling.leaves(value)
-    pruned = [k for k, c in enumerate(classes) if c in keep]
-    if not pruned:
-        return array
-    array = jnp.reshape(array, [coupling.atoms.size[c] for c in classes])
-    for k in pruned:
-        array = jnp.take(array, jnp.asarray(keep[classes[k]]), axis=k)
-    return jnp.reshape(array, _small_shape(coupling, program, keep, value))
+    """``array`` (of ``value``'s shape, or broadcastable to it) with the removed channels of each axis taken out."""
+    for d in range(np.ndim(array)):
+        classes = coupling.leaves(value, d)
+        if np.shape(array)[d] == 1 or not any(c in keep for c in classes):
+            continue
+        shape = np.shape(array)
+        array = jnp.reshape(array, (*shape[:d], *[coupling.atoms.size[c] for c in classes], *shape[d + 1 :]))
+        for k, c in enumerate(classes):
+            if c in keep:
+                array = jnp.take(array, jnp.asarray(keep[c]), axis=d + k)
+        array = jnp.reshape(array, (*shape[:d], -1, *shape[d + 1 :]))
+    return array
 
 
-def _run(program: Program, coupling: Coupling, keep, inputs) -> list:
-    """Evaluates the program on compacted values, rewriting the sizes that primitives name."""
+def _run(program: Program, coupling: Coupling, keep, inputs, folds: Mapping[int, Any]) -> list:
+    """Evaluates the program on compacted values, rewriting the sizes that primitives name, adding the folds."""
     env: dict[int, Any] = dict(zip(program.inputs, inputs, strict=True))
     for value, constant in program.constants.items():
         env[value] = _take(coupling, program, keep, value, constant)
     pruned = {v for v in range(len(program.shapes)) if any(c in keep for c in coupling.leaves(v))}
-    for eqn in program.equations:
+    for index, eqn in enumerate(program.equations):
         operands = [env[v] for v in eqn.inputs]
         if not any(v in pruned for v in eqn.inputs):
             results = eqn.bind(operands)
             results = [_take(coupling, program, keep, v, r) for v, r in zip(eqn.outputs, results, strict=True)]
         else:
             results = eqn.bind(operands, **_resized(eqn, program, coupling, keep))
+        if index in folds:
+            results = [results[0] + folds[index]]
         for value, result in zip(eqn.outputs, results, strict=True):
             env[value] = result
     return [env[v] for v in program.outputs]
@@ -239,8 +266,12 @@ def _resized(eqn, program: Program, coupling: Coupling, keep) -> dict[str, Any]:
     raise AssertionError(f"compaction: {name} received compacted operands; this is a bug in jaxsparse.compaction.")
 
 
-def _decide(program: Program, coupling: Coupling, param_values: dict[int, Any]):
-    """Per parameter class, whether each index is removable; and the constant slices of every value."""
+def _decide(program: Program, coupling: Coupling, param_values: dict[int, Any], concrete: dict[int, np.ndarray]):
+    """Per parameter class, whether each index is removable; and the constant slices of every value.
+
+    An index is removable when every sum over its class gets an exact zero there, or, at a
+    ``dot_general`` with a known operand, a constant that can be folded (:mod:`._folding`).
+    """
     slices = channel_constants(program, coupling, param_values)
     candidates = {c for value in param_values for c in coupling.leaves(value)}
     removable = {c: np.ones(coupling.atoms.size[c], bool) for c in candidates}
@@ -249,16 +280,31 @@ def _decide(program: Program, coupling: Coupling, param_values: dict[int, Any]):
             coupling.atoms.leaves([a for d in axes for a in coupling.axes[v][d]])
             for v, axes in zip(sink.operands, sink.axes, strict=True)
         ]
+        side = foldable_side(program, sink, concrete)
         for position, c in enumerate(per_operand[0]):
             if c not in removable:
                 continue
             zero = np.zeros(coupling.atoms.size[c], bool)
-            for v, classes in zip(sink.operands, per_operand, strict=True):
+            for k, (v, classes) in enumerate(zip(sink.operands, per_operand, strict=True)):
                 if position < len(classes) and classes[position] in slices[v]:
                     values, known = slices[v][classes[position]]
-                    zero |= known & (values == 0)
+                    zero |= known & ((values == 0) | (k == side))
             removable[c] &= zero
     return removable, slices
+
+
+def _folds(program: Program, coupling: Coupling, keep, slices, concrete) -> tuple[tuple[int, np.ndarray], ...]:
+    """The constants that removed non-zero channels add to each ``dot_general`` (by its ordinal), compacted."""
+    removed = {c: ~np.isin(np.arange(coupling.atoms.size[c]), k) for c, k in keep.items()}
+    ordinals = {i: k for k, i in enumerate(i for i, e in enumerate(program.equations) if e.name == "dot_general")}
+    folds = []
+    for sink in coupling.sinks:
+        side = foldable_side(program, sink, concrete)
+        term = None if side is None else fold_term(program, coupling, sink, side, removed, slices, concrete)
+        if term is not None:
+            out = program.equations[sink.equation].outputs[0]
+            folds.append((ordinals[sink.equation], np.asarray(_take(coupling, program, keep, out, term))))
+    return tuple(folds)
 
 
 _NOT_DEAD = (
@@ -302,7 +348,10 @@ def compact(
         for dim in coupling.axes[value]:
             coupling.atoms.fix(dim, INPUT)
     values = {v: np.asarray(x) for v, x in zip(param_ids, leaves, strict=True)}
-    removable, slices = _decide(program, coupling, values)
+    concrete = concrete_values(program, values)
+    removable, slices = _decide(program, coupling, values, concrete)
+    keep = {}
+    multiplied = {v for sink in coupling.sinks for v in sink.operands}
     kept, report, blocked = {}, [], []
     for value, name, leaf in zip(param_ids, names, leaves, strict=True):
         per_axis, because = [], {}
@@ -314,12 +363,15 @@ def compact(
                 values_, known = slices[value].get(c, (np.zeros(0), np.zeros(0, bool)))
                 zero = known & (values_ == 0)
                 idle = zero if reason is not None else zero & ~removable[c]
-                if idle.any() and not (reason or "").startswith((SPATIAL, INPUT)):
+                # A kernel's zero slices that stay are worth a reason; a zero bias of a live channel is not.
+                if value in multiplied and idle.any() and not (reason or "").startswith((SPATIAL, INPUT)):
                     why = reason or _NOT_DEAD
                     because[axis] = f"{int(idle.sum())} zero slice(s) kept: {why}"
                     if "not followed" in why:
                         blocked.append(f"{name!r} axis {axis}: {why}")
                 masks.append(np.ones(coupling.atoms.size[c], bool) if reason is not None else ~removable[c])
+                if not masks[-1].all():
+                    keep[c] = np.flatnonzero(masks[-1])
             if not classes or all(m.all() for m in masks):
                 per_axis.append(None)
                 continue
@@ -342,7 +394,7 @@ def compact(
     report = tuple(
         dataclasses.replace(r, after=tuple(np.shape(x))) for r, x in zip(report, jax.tree.leaves(small), strict=True)
     )
-    model = CompactModel(apply_fn, full_shapes, kept, small, report)
+    model = CompactModel(apply_fn, full_shapes, kept, small, report, _folds(program, coupling, keep, slices, concrete))
     _check_equal(apply_fn, params, model, args, rtol)
     return model
 

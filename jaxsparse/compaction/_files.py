@@ -47,6 +47,8 @@ from jaxsparse.masks import Params, leaf_names
 __all__ = ["DamagedCompactedModelError", "load_compacted", "save_compacted"]
 
 _PARAMS = "params.npz"
+_FOLD = "fold:"
+"""The prefix of the folded constants' keys in ``params.npz`` (no leaf name has a colon)."""
 _KEPT = "kept.json"
 
 _FORMAT = 1
@@ -117,6 +119,11 @@ def save_compacted(model: CompactModel, folder: str | Path) -> Path:
         }
         for name, array, full in zip(names, arrays, fulls, strict=True)
     ]
+    folds = [
+        {"product": ordinal, "key": f"{_FOLD}{ordinal}", "dtype": np.asarray(term).dtype.name,
+         "sha256": _array_digest(np.asarray(term))}
+        for ordinal, term in model.folds
+    ]  # fmt: skip
     folder.parent.mkdir(parents=True, exist_ok=True)
     partial = folder.with_name(f".{folder.name}.partial-{os.getpid()}")
     if partial.exists():  # left by an earlier process of this id that was killed mid-save
@@ -124,8 +131,13 @@ def save_compacted(model: CompactModel, folder: str | Path) -> Path:
     partial.mkdir()
     try:
         with (partial / _PARAMS).open("wb") as file:
-            np.savez(file, **{name: _stored(a) for name, a in zip(names, arrays, strict=True)})
-        (partial / _KEPT).write_text(json.dumps({"format": _FORMAT, "leaves": leaves}, indent=1) + "\n")
+            stored = {name: _stored(a) for name, a in zip(names, arrays, strict=True)}
+            stored.update(
+                {fold["key"]: _stored(np.asarray(term)) for fold, (_, term) in zip(folds, model.folds, strict=True)}
+            )
+            np.savez(file, **stored)
+        record = {"format": _FORMAT, "leaves": leaves, "folds": folds}
+        (partial / _KEPT).write_text(json.dumps(record, indent=1) + "\n")
         write_file_list(partial)
         if folder.exists():
             # A rename cannot replace a non-empty folder: move the old one aside first, then drop it.
@@ -186,12 +198,18 @@ def load_compacted(folder: str | Path, apply_fn: Callable, tree_like: Params | N
         leaves = record["leaves"]
         with np.load(folder / _PARAMS, allow_pickle=False) as stored:
             arrays = [stored[leaf["name"]].view(jnp.dtype(leaf["dtype"])) for leaf in leaves]
+            folds = [(f["product"], stored[f["key"]].view(jnp.dtype(f["dtype"]))) for f in record.get("folds", [])]
     except (OSError, ValueError, KeyError, TypeError) as error:
         raise DamagedCompactedModelError(folder, f"it cannot be read ({type(error).__name__}: {error})") from None
     for leaf, array in zip(leaves, arrays, strict=True):
         if list(array.shape) != leaf["after"] or _array_digest(array) != leaf["sha256"]:
             raise DamagedCompactedModelError(
                 folder, f"the array {leaf['name']!r} in {_PARAMS} does not match its checksum in {_KEPT}"
+            )
+    for fold, (_, term) in zip(record.get("folds", []), folds, strict=True):
+        if _array_digest(term) != fold["sha256"]:
+            raise DamagedCompactedModelError(
+                folder, f"the folded constant {fold['key']!r} in {_PARAMS} does not match its checksum in {_KEPT}"
             )
     names = [leaf["name"] for leaf in leaves]
     shapes = [jax.ShapeDtypeStruct(tuple(leaf["shape"]), jnp.dtype(leaf["dtype"])) for leaf in leaves]
@@ -227,6 +245,7 @@ def load_compacted(folder: str | Path, apply_fn: Callable, tree_like: Params | N
         kept,
         jax.tree.unflatten(structure, [jnp.asarray(a) for a in arrays]),
         report,
+        tuple(folds),
     )
 
 
