@@ -376,3 +376,62 @@ def test_one_shot_cost_quick_times_and_measures_the_memory_of_each_criterion(tmp
         assert memory["extra_compiled_call_bytes"] >= 0  # the peak was reset to the resident set before the call
         assert memory["rss_before_second_call_bytes"] <= memory["peak_second_call_bytes"]
     assert "| mlp-16 |" in out.with_suffix(".md").read_text()
+
+
+def test_compaction_study_quick_removes_channels_measures_small_models_and_resumes(tmp_path, capsys):
+    import jax
+    import jax.numpy as jnp
+
+    from benchmarks.accuracy import compaction
+    from jaxsparse.models import create_model
+
+    out = tmp_path / "compaction.json"
+    record = compaction.main(["--quick", "--out", str(out)])
+    assert _written(out)["table"] == record["table"]
+    rows = compaction.read_rows(out.with_suffix(".csv"))
+    by_method = {row["method"]: row for row in rows}
+    assert sorted(by_method) == ["dense", "l1_filter", "small_dense", "ssl"] and len(rows) == 4
+    for row in rows:
+        assert 0.0 <= row["accuracy"] <= 1.0 and 0.0 < row["flops_fraction"] <= 1.0
+        assert row["accuracy"] == row["accuracy_before_compaction"] and row["predictions_differing"] == 0
+    assert by_method["dense"]["flops_fraction"] == 1.0 and by_method["dense"]["params_fraction"] == 1.0
+    # Half of each hidden layer's filters pruned: compaction removes channels for real (the kernels shrink).
+    l1 = by_method["l1_filter"]
+    assert l1["flops_fraction"] < 1.0 and l1["params_after"] < l1["params_dense"]
+    assert l1["layers"]["Dense_0/kernel"]["after"][1] < 256 and l1["mask_density"] == pytest.approx(0.5, abs=0.01)
+    assert by_method["small_dense"]["layers"]["Dense_0/kernel"]["after"] == [64, 128]
+    assert by_method["small_dense"]["flops_fraction"] < 0.5
+    assert "| l1_filter | 0.5 |" in out.with_suffix(".md").read_text()
+    capsys.readouterr()
+    compaction.main(["--quick", "--out", str(out)])  # everything is in the CSV: nothing is trained again
+    assert "4 runs, 4 already in" in capsys.readouterr().out
+    assert len(compaction.read_rows(out.with_suffix(".csv"))) == 4
+
+    # At width 1 the small-dense loop is the harness's dense run: same accuracy, same FLOPs.
+    full = compaction.Point("digits", "mlp", sweep.QUICK_STEPS, "small_dense", "-", 1.0, 0)
+    measured = compaction.train_small_dense(full, sweep.QUICK_UPDATE_EVERY)
+    assert measured["accuracy"] == by_method["dense"]["accuracy"]
+    assert (measured["flops_after"], measured["params_after"]) == (l1["flops_dense"], l1["params_dense"])
+    x = jnp.zeros((1, 40, 1))
+    shapes = [
+        jax.tree.map(lambda v: v.shape, jax.eval_shape(lambda m=model: m.init(jax.random.key(0), x, train=False)))
+        for model in (create_model("lenet5", num_classes=10, input_shape=(40, 1)),
+                      compaction.scaled_model("lenet5", 1.0, 10, (40, 1)))
+    ]  # fmt: skip
+    assert shapes[0] == shapes[1]  # the width-scaled LeNet-5 at width 1 is the library's
+
+    front = compaction.pareto_front(
+        [{"flops_fraction": f, "mean": a} for f, a in ((1.0, 0.9), (0.5, 0.92), (0.4, 0.8), (0.6, 0.85))]
+    )
+    assert [(c["flops_fraction"], c["mean"]) for c in front] == [(0.4, 0.8), (0.5, 0.92)]
+
+
+def test_compaction_speed_quick_times_both_models_and_checks_equal_outputs(tmp_path):
+    from benchmarks.speed import compaction
+
+    out = tmp_path / "compaction.json"
+    record = compaction.main(["--quick", "--out", str(out)])
+    (row, *_) = record["rows"]
+    assert row["flops_compact"] < row["flops_dense"] and row["params_compact"] < row["params_dense"]
+    assert row["speedup"] == row["dense"]["median_ms"] / row["compact"]["median_ms"]
+    assert out.with_suffix(".md").read_text().count("| lenet5 |") == len(record["rows"])
