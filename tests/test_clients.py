@@ -299,3 +299,20 @@ def test_the_pruning_a_trained_model_section_runs():
     for mask in jax.tree.leaves(namespace["nm"].masks):
         np.testing.assert_array_equal(np.asarray(mask).reshape(-1, 4, mask.shape[-1]).sum(axis=1), 2)
     assert_exactly_sparse(namespace["gpt"].params, namespace["state"])
+
+
+def test_the_real_speedups_section_runs():
+    """The README's SSL + compaction example: channels removed for real, the same function at another batch size."""
+    (block,) = readme_blocks("### Real speedups: structured sparsity and compaction")
+    namespace: dict = {}
+    exec(block, namespace)
+    small, params, apply_fn, x = (namespace[k] for k in ("small", "params", "apply_fn", "x"))
+    before, after = small.parameter_counts
+    assert after < before
+    kernel = np.asarray(params["Conv_0"]["kernel"])
+    removed = np.setdiff1d(np.arange(kernel.shape[-1]), small.kept["Conv_0/kernel"][-1])
+    # Each removed filter is dead (zero, with its bias) or unused (the next conv's shape groups zeroed its input).
+    dead = np.all(kernel == 0, axis=(0, 1)) & (np.asarray(params["Conv_0"]["bias"]) == 0)
+    unused = np.all(np.asarray(params["Conv_1"]["kernel"]) == 0, axis=(0, 2))
+    assert removed.size and np.all((dead | unused)[removed])
+    np.testing.assert_allclose(namespace["logits"], apply_fn(params, x[:8]), rtol=1e-5, atol=1e-5)

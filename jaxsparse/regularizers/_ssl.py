@@ -348,12 +348,9 @@ class SSLPenalty(Regularizer):
                                  f"{_listing(names)}.")  # fmt: skip
             return index[name]
 
-        for kernel in coupled:
-            if leaf(kernel, "coupled") not in kernels:
-                raise ValueError(
-                    f"coupled names {kernel!r} as a kernel, but it is not one of the sparsified kernels with filter "
-                    f"groups ({_listing([names[i] for i in kernels])}): key coupled by those kernels' names."
-                )
+        # A kernel without filter groups (kept dense, or an attention kernel) has nothing to couple to: its
+        # entry is dropped, so `coupled_leaves`' whole output can be passed. A name the model lacks is an error.
+        coupled = {kernel: leaves for kernel, leaves in coupled.items() if leaf(kernel, "coupled") in kernels}
         families: list[_Family] = []
         for kind in self.kinds:
             found: list[_Family] = []
