@@ -211,7 +211,7 @@ def test_an_nnx_model_compacts():
 
 
 def test_an_equinox_model_with_out_by_in_weights_compacts():
-    eqx = pytest.importorskip("equinox")
+    import equinox as eqx
     net = eqx.nn.MLP(6, 2, 10, 2, key=jax.random.key(0))
     params, static = eqx.partition(net, eqx.is_array)
     params = jax.tree.map(np.array, params)
