@@ -38,7 +38,7 @@ def coupled_leaves(apply_fn: Callable, params: Params, *args) -> dict[str, tuple
     Example:
       >>> import jax.numpy as jnp
       >>> def apply_fn(p, x):
-      ...     return (x @ p["w"] + p["b"]) * p["scale"] @ p["head"]
+      ...     return (x @ p["w"] + p["b"][None]) * p["scale"][None] @ p["head"]
       >>> params = {"w": jnp.ones((3, 4)), "b": jnp.ones(4), "scale": jnp.ones(4), "head": jnp.ones((4, 2))}
       >>> coupled_leaves(apply_fn, params, jnp.ones((1, 3)))
       {'w': ('b', 'scale')}
