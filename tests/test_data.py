@@ -260,3 +260,20 @@ def test_tfrecord_data_set_says_to_rebuild_as_array_record(tfds_dir, tmp_path):
     with pytest.raises(DatasetNotPreparedError, match="stored as tfrecord, which has no random access") as error:
         load_dataset("mnist", data_dir=tmp_path)
     assert "--file_format=array_record" in str(error.value)
+
+
+def test_generate_mnist1d_leaves_the_global_generators_alone_and_names_a_bad_argument():
+    import random
+
+    from jaxsparse.data import generate_mnist1d
+
+    random.seed(3)
+    np.random.seed(3)  # noqa: NPY002
+    expected = (random.random(), np.random.rand())  # noqa: NPY002
+    random.seed(3)
+    np.random.seed(3)  # noqa: NPY002
+    data = generate_mnist1d(num_samples=200, seed=7)
+    assert (random.random(), np.random.rand()) == expected  # noqa: NPY002
+    assert data["x"].shape[0] + data["x_test"].shape[0] == 200
+    with pytest.raises(ValueError, match="no dataset argument 'sead'"):
+        generate_mnist1d(sead=7)

@@ -91,7 +91,6 @@ import dataclasses
 import importlib.metadata
 import math
 import os
-import random
 import statistics
 import time
 from collections.abc import Callable, Sequence
@@ -106,6 +105,7 @@ from matplotlib.figure import Figure
 
 import jaxsparse as jsp
 from benchmarks.common import COMPILATION_CACHE, RESULTS, append_csv_rows, argument_parser, output_path, write_results
+from jaxsparse.data import generate_mnist1d
 from jaxsparse.models import create_model
 from jaxsparse.training import compilation_cache, git_commit
 
@@ -252,17 +252,7 @@ def _corpus(size: int) -> Split:
     if path.exists():
         with np.load(path) as saved:
             return saved["x"], saved["y"]
-    from mnist1d.data import get_dataset_args, make_dataset
-
-    args = get_dataset_args()
-    args.num_samples, args.seed, args.shear_scale, args.train_split = size, CORPUS_SEED, CORPUS_SHEAR, 1.0
-    # make_dataset reseeds Python's and NumPy's global generators: restore them, as jaxsparse.data does.
-    python_state, numpy_state = random.getstate(), np.random.get_state()  # noqa: NPY002
-    try:
-        data = make_dataset(args)
-    finally:
-        random.setstate(python_state)
-        np.random.set_state(numpy_state)  # noqa: NPY002
+    data = generate_mnist1d(num_samples=size, seed=CORPUS_SEED, shear_scale=CORPUS_SHEAR, train_split=1.0)
     x, y = data["x"][..., None].astype(np.float32), data["y"].astype(np.int32)
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(f"{path.name}.{os.getpid()}.tmp")

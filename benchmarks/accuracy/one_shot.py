@@ -87,6 +87,7 @@ from matplotlib.figure import Figure
 
 import jaxsparse as jsp
 from benchmarks.common import COMPILATION_CACHE, RESULTS, append_csv_rows, argument_parser, output_path, write_results
+from jaxsparse.data import generate_mnist1d
 from jaxsparse.masks import NM, SparsityLayout
 from jaxsparse.one_shot import CRITERIA, prune_one_shot
 from jaxsparse.training import Config, compilation_cache, git_commit, make_optimizer
@@ -384,21 +385,10 @@ def calibration_pool() -> tuple[jax.Array, jax.Array]:
     standardised by their own global mean and standard deviation, as the package standardises its
     5,000 (:func:`jaxsparse.data.load_dataset`), and cached on disk.
     """
-    import random
 
     path = DATA_CACHE / "mnist1d" / f"calibration-seed{CALIBRATION_SEED}-{CALIBRATION_POOL}.npz"
     if not path.exists():
-        from mnist1d.data import get_dataset_args, make_dataset
-
-        args = get_dataset_args()
-        args.seed, args.num_samples = CALIBRATION_SEED, CALIBRATION_POOL
-        # make_dataset reseeds Python's and NumPy's global generators: give them back as they were.
-        python_state, numpy_state = random.getstate(), np.random.get_state()  # noqa: NPY002
-        try:
-            data = make_dataset(args)
-        finally:
-            random.setstate(python_state)
-            np.random.set_state(numpy_state)  # noqa: NPY002
+        data = generate_mnist1d(seed=CALIBRATION_SEED, num_samples=CALIBRATION_POOL)
         x = np.concatenate([data["x"], data["x_test"]])[..., None].astype(np.float32)
         y = np.concatenate([data["y"], data["y_test"]]).astype(np.int32)
         path.parent.mkdir(parents=True, exist_ok=True)

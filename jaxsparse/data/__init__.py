@@ -14,6 +14,7 @@ Example:
 from jaxsparse.data._batches import eval_batches, train_batches
 from jaxsparse.data._dataset import Dataset, ExampleSource
 from jaxsparse.data._load import DATASETS, load_dataset
+from jaxsparse.data._mnist1d import generate_mnist1d
 from jaxsparse.data._tfds import DatasetNotPreparedError
 
 __all__ = [
@@ -22,6 +23,7 @@ __all__ = [
     "DatasetNotPreparedError",
     "ExampleSource",
     "eval_batches",
+    "generate_mnist1d",
     "load_dataset",
     "train_batches",
 ]

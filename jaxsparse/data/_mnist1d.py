@@ -21,26 +21,41 @@ import numpy as np
 
 from jaxsparse.data._dataset import Dataset
 
-__all__ = ["load_mnist1d"]
+__all__ = ["generate_mnist1d", "load_mnist1d"]
 
 _KEYS = ("x", "y", "x_test", "y_test")
+
+
+def generate_mnist1d(**settings) -> dict[str, np.ndarray]:
+    """``mnist1d``'s ``make_dataset`` with its default arguments overridden by ``settings``, e.g. ``seed=43``.
+
+    ``make_dataset`` reseeds Python's and NumPy's legacy global generators; a library must not change
+    the caller's random streams, so their states are restored afterwards.
+
+    Returns:
+      The generated arrays (``x``, ``y``, ``x_test``, ``y_test`` and the generator's other keys).
+    """
+    # Imported here: mnist1d pulls in matplotlib and requests. Only ``make_dataset`` is used, never
+    # ``get_dataset``, which may download a pickle.
+    from mnist1d.data import get_dataset_args, make_dataset
+
+    args = get_dataset_args()
+    for name, value in settings.items():
+        if not hasattr(args, name):
+            raise ValueError(f"mnist1d has no dataset argument {name!r}; its arguments: {sorted(vars(args))}.")
+        setattr(args, name, value)
+    python_state, numpy_state = random.getstate(), np.random.get_state()  # noqa: NPY002
+    try:
+        return make_dataset(args)
+    finally:
+        random.setstate(python_state)
+        np.random.set_state(numpy_state)  # noqa: NPY002
 
 
 @functools.cache
 def _generate() -> dict[str, np.ndarray]:
     """The package's default data set: 4,000 train / 1,000 test signals of length 40."""
-    # Imported here: mnist1d pulls in matplotlib and requests. Only ``make_dataset`` is used, never
-    # ``get_dataset``, which may download a pickle.
-    from mnist1d.data import get_dataset_args, make_dataset
-
-    # make_dataset reseeds Python's and NumPy's legacy global generators; a library must not change
-    # the caller's random streams, so their states are restored afterwards.
-    python_state, numpy_state = random.getstate(), np.random.get_state()  # noqa: NPY002
-    try:
-        data = make_dataset(get_dataset_args())
-    finally:
-        random.setstate(python_state)
-        np.random.set_state(numpy_state)  # noqa: NPY002
+    data = generate_mnist1d()
     return {key: data[key] for key in _KEYS}
 
 
