@@ -49,8 +49,7 @@ from jaxsparse.masks import (
     mask_leaves,
     masks_from_leaves,
 )
-from jaxsparse.regularizers import SSLPenalty, parse_groups
-from jaxsparse.regularizers._ssl import _RESNET_BLOCK_LEAF
+from jaxsparse.regularizers import RESNET_BLOCK_LEAF, SSLPenalty, parse_groups
 from jaxsparse.schedules import Schedule, UpdateSchedule
 
 __all__ = ["FINETUNE_STEPS", "StructuredSparsityLearning", "finetune_start", "ssl"]
@@ -236,7 +235,7 @@ def ssl(
     extra += [name for _, names in regularizer.blocks or () for name in names]
     patterns = tuple(re.escape(name) for name in extra)
     if "depth" in kinds and regularizer.blocks is None:
-        patterns += (_RESNET_BLOCK_LEAF.pattern,)
+        patterns += (RESNET_BLOCK_LEAF.pattern,)
     if "include" in layout_options:
         include = layout_options.pop("include")
     else:

@@ -76,7 +76,7 @@ from jaxsparse.regularizers._group_lasso import inverse_norms, scale_groups, shr
 from jaxsparse.regularizers._regularizer import Regularizer, as_schedule
 from jaxsparse.schedules import Schedule
 
-__all__ = ["SSL_GROUPS", "SSLPenalty", "parse_groups", "resnet_blocks", "resnet_coupling"]
+__all__ = ["RESNET_BLOCK_LEAF", "SSL_GROUPS", "SSLPenalty", "parse_groups", "resnet_blocks", "resnet_coupling"]
 
 SSL_GROUPS = ("filter", "neuron", "channel", "input", "shape", "depth", "head")
 """The group types by the names users type; ``neuron`` is ``filter`` and ``input`` is ``channel``."""
@@ -84,7 +84,8 @@ SSL_GROUPS = ("filter", "neuron", "channel", "input", "shape", "depth", "head")
 _CANONICAL = {"neuron": "filter", "input": "channel"}
 _HEAD_KERNELS = tuple((re.compile(pattern), structure) for pattern, structure in attention_heads()[:2])
 # The library's ResNet (jaxsparse/models/_resnet.py): blocks layer_i holding conv_j / norm_j.
-_RESNET_BLOCK_LEAF = re.compile(r"(?P<block>(?:.*/)?layer_\d+)/(?:conv|norm)_\d+/(?:kernel|scale|bias)")
+RESNET_BLOCK_LEAF = re.compile(r"(?P<block>(?:.*/)?layer_\d+)/(?:conv|norm)_\d+/(?:kernel|scale|bias)")
+"""A leaf of one of the library ResNet's residual blocks (``layer_i/conv_j/kernel``, ``layer_i/norm_j/scale``)."""
 _RESNET_CONV = re.compile(r"(?P<parent>(?:.*/)?)(?P<conv>input_conv|conv_(?P<index>\d+))/kernel")
 
 
@@ -132,7 +133,7 @@ def resnet_blocks(params: Params) -> dict[str, tuple[str, ...]]:
     blocks: dict[str, list[str]] = {}
     for path, _ in jax.tree_util.tree_leaves_with_path(params):
         name = leaf_name(path)
-        match = _RESNET_BLOCK_LEAF.fullmatch(name)
+        match = RESNET_BLOCK_LEAF.fullmatch(name)
         if match:
             blocks.setdefault(match["block"], []).append(name)
     return {block: tuple(names) for block, names in blocks.items()}
